@@ -1,0 +1,302 @@
+//! The one writer of the model: API objects in, plans and the set of changed plans out.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::plan::{plan_service, PlanOptions, Problem, SERVICE_NAME_LABEL};
+use crate::{PlanKey, ServiceName, ServicePlan};
+
+/// An API object a source delivers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    /// A v1 Service.
+    Service(Box<Service>),
+    /// A discovery.k8s.io/v1 EndpointSlice.
+    EndpointSlice(Box<EndpointSlice>),
+    /// A v1 Node (only this node's matters).
+    Node(Box<Node>),
+}
+
+impl Object {
+    /// The object's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Node(_) => Kind::Node,
+        }
+    }
+
+    /// The object's namespace (empty for Nodes) and name.
+    pub fn key(&self) -> ObjectKey {
+        let meta = match self {
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+            Object::Node(o) => &o.metadata,
+        };
+        ObjectKey {
+            kind: self.kind(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// The kinds of object the model reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// v1 Service.
+    Service,
+    /// discovery.k8s.io/v1 EndpointSlice.
+    EndpointSlice,
+    /// v1 Node.
+    Node,
+}
+
+/// Identifies an object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its namespace, empty for cluster-scoped objects.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// What a source tells the store.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// An object was created or changed.
+    Apply(Object),
+    /// An object was deleted.
+    Delete(ObjectKey),
+    /// The complete current set of objects of a kind (an initial list or a relist): objects of the kind not
+    /// in it are deleted.
+    Replace(Kind, Vec<Object>),
+    /// The source has delivered complete initial lists of every kind. Nothing is programmed before this.
+    Synced,
+}
+
+/// Counts of changes an event made, for kube-proxy's change metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Services created, changed or deleted.
+    pub services: usize,
+    /// EndpointSlices created, changed or deleted.
+    pub endpoint_slices: usize,
+    /// Whether this node's Node object changed.
+    pub node: bool,
+}
+
+/// The model: the API objects this node knows and the plans they make.
+#[derive(Debug)]
+pub struct Store {
+    options: PlanOptions,
+    services: BTreeMap<ServiceName, Service>,
+    slices: BTreeMap<(String, String), EndpointSlice>,
+    slices_by_service: BTreeMap<ServiceName, BTreeSet<String>>,
+    node: Option<Node>,
+    dirty: BTreeSet<ServiceName>,
+    plans: BTreeMap<PlanKey, ServicePlan>,
+    keys_by_service: BTreeMap<ServiceName, BTreeSet<PlanKey>>,
+    synced: bool,
+}
+
+impl Store {
+    /// An empty model.
+    pub fn new(options: PlanOptions) -> Self {
+        Store {
+            options,
+            services: BTreeMap::new(),
+            slices: BTreeMap::new(),
+            slices_by_service: BTreeMap::new(),
+            node: None,
+            dirty: BTreeSet::new(),
+            plans: BTreeMap::new(),
+            keys_by_service: BTreeMap::new(),
+            synced: false,
+        }
+    }
+
+    /// Whether every source has delivered its initial lists.
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// The current plans, as of the last [`Store::recompute`].
+    pub fn plans(&self) -> &BTreeMap<PlanKey, ServicePlan> {
+        &self.plans
+    }
+
+    /// Whether some object changed since the last [`Store::recompute`].
+    pub fn has_pending(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Takes one event into the model. Plans are not recomputed until [`Store::recompute`].
+    pub fn handle(&mut self, event: Event) -> Changes {
+        let mut changes = Changes::default();
+        match event {
+            Event::Apply(obj) => self.apply(obj, &mut changes),
+            Event::Delete(key) => self.delete(&key, &mut changes),
+            Event::Replace(kind, objects) => {
+                let keep: BTreeSet<ObjectKey> = objects.iter().map(Object::key).collect();
+                for key in self.keys_of(kind) {
+                    if !keep.contains(&key) {
+                        self.delete(&key, &mut changes);
+                    }
+                }
+                for obj in objects {
+                    self.apply(obj, &mut changes);
+                }
+            }
+            Event::Synced => self.synced = true,
+        }
+        changes
+    }
+
+    fn keys_of(&self, kind: Kind) -> Vec<ObjectKey> {
+        let key = |namespace: &str, name: &str| ObjectKey { kind, namespace: namespace.into(), name: name.into() };
+        match kind {
+            Kind::Service => self.services.keys().map(|s| key(&s.namespace, &s.name)).collect(),
+            Kind::EndpointSlice => self.slices.keys().map(|(ns, n)| key(ns, n)).collect(),
+            Kind::Node => self.node.iter().map(|n| key("", n.metadata.name.as_deref().unwrap_or(""))).collect(),
+        }
+    }
+
+    fn apply(&mut self, obj: Object, changes: &mut Changes) {
+        match obj {
+            Object::Service(svc) => {
+                let name = service_name(&svc.metadata.namespace, &svc.metadata.name);
+                if self.services.get(&name) != Some(&svc) {
+                    self.services.insert(name.clone(), *svc);
+                    self.dirty.insert(name);
+                    changes.services += 1;
+                }
+            }
+            Object::EndpointSlice(slice) => {
+                let key = (
+                    slice.metadata.namespace.clone().unwrap_or_default(),
+                    slice.metadata.name.clone().unwrap_or_default(),
+                );
+                if self.slices.get(&key) == Some(&slice) {
+                    return;
+                }
+                // The owning Service may have changed with the label: forget the old link first.
+                self.unlink_slice(&key);
+                if let Some(svc) = owner(&slice) {
+                    self.slices_by_service.entry(svc.clone()).or_default().insert(key.1.clone());
+                    self.dirty.insert(svc);
+                }
+                self.slices.insert(key, *slice);
+                changes.endpoint_slices += 1;
+            }
+            Object::Node(node) => {
+                if node.metadata.name.as_deref() != Some(self.options.node_name.as_str()) {
+                    return;
+                }
+                if self.node.as_ref() != Some(&node) {
+                    self.node = Some(*node);
+                    self.dirty.extend(self.services.keys().cloned());
+                    changes.node = true;
+                }
+            }
+        }
+    }
+
+    fn delete(&mut self, key: &ObjectKey, changes: &mut Changes) {
+        match key.kind {
+            Kind::Service => {
+                let name = ServiceName { namespace: key.namespace.clone(), name: key.name.clone() };
+                if self.services.remove(&name).is_some() {
+                    self.dirty.insert(name);
+                    changes.services += 1;
+                }
+            }
+            Kind::EndpointSlice => {
+                let k = (key.namespace.clone(), key.name.clone());
+                if self.slices.contains_key(&k) {
+                    self.unlink_slice(&k);
+                    self.slices.remove(&k);
+                    changes.endpoint_slices += 1;
+                }
+            }
+            Kind::Node => {
+                if self.node.as_ref().and_then(|n| n.metadata.name.as_deref()) == Some(key.name.as_str()) {
+                    self.node = None;
+                    self.dirty.extend(self.services.keys().cloned());
+                    changes.node = true;
+                }
+            }
+        }
+    }
+
+    fn unlink_slice(&mut self, key: &(String, String)) {
+        if let Some(svc) = self.slices.get(key).and_then(owner) {
+            if let Some(set) = self.slices_by_service.get_mut(&svc) {
+                set.remove(&key.1);
+                if set.is_empty() {
+                    self.slices_by_service.remove(&svc);
+                }
+            }
+            self.dirty.insert(svc);
+        }
+    }
+
+    /// Recomputes the plans of every Service that changed since the last call. Returns the keys of the plans
+    /// that were added, changed or removed, and the problems found in the objects recomputed.
+    pub fn recompute(&mut self) -> (BTreeSet<PlanKey>, Vec<Problem>) {
+        let mut changed = BTreeSet::new();
+        let mut problems = Vec::new();
+        for name in std::mem::take(&mut self.dirty) {
+            let (new_plans, mut p) = match self.services.get(&name) {
+                Some(svc) => {
+                    let slices: Vec<&EndpointSlice> = self
+                        .slices_by_service
+                        .get(&name)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|s| self.slices.get(&(name.namespace.clone(), s.clone())))
+                        .collect();
+                    plan_service(svc, &slices, self.node.as_ref(), &self.options)
+                }
+                None => (Vec::new(), Vec::new()),
+            };
+            problems.append(&mut p);
+            let old_keys = self.keys_by_service.remove(&name).unwrap_or_default();
+            let mut new_keys = BTreeSet::new();
+            for plan in new_plans {
+                let key = (plan.name.clone(), plan.family);
+                if self.plans.get(&key) != Some(&plan) {
+                    changed.insert(key.clone());
+                }
+                new_keys.insert(key.clone());
+                self.plans.insert(key, plan);
+            }
+            for key in old_keys.difference(&new_keys) {
+                self.plans.remove(key);
+                changed.insert(key.clone());
+            }
+            if !new_keys.is_empty() {
+                self.keys_by_service.insert(name, new_keys);
+            }
+        }
+        (changed, problems)
+    }
+}
+
+fn service_name(namespace: &Option<String>, name: &Option<String>) -> ServiceName {
+    ServiceName { namespace: namespace.clone().unwrap_or_default(), name: name.clone().unwrap_or_default() }
+}
+
+/// The Service an EndpointSlice belongs to, from its `kubernetes.io/service-name` label.
+fn owner(slice: &EndpointSlice) -> Option<ServiceName> {
+    let svc = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(ServiceName { namespace: slice.metadata.namespace.clone().unwrap_or_default(), name: svc.clone() })
+}
+
+#[cfg(test)]
+mod tests;

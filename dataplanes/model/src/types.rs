@@ -1,0 +1,313 @@
+//! The model's value types: names, frontends, backends, schedulers and the per-port plan.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A transport protocol a Service port can carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl Protocol {
+    /// The lower-case name the kernel tools use (`tcp`, `udp`, `sctp`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+
+    /// Parses a Kubernetes protocol name (`TCP`, `UDP`, `SCTP`, any case).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Some(Protocol::Tcp),
+            "udp" => Some(Protocol::Udp),
+            "sctp" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An IP family. Dataplanes program each family separately (`ip switchyard` and `ip6 switchyard`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Family {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    /// The family of an address.
+    pub fn of(ip: &IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The unspecified address of the family (`0.0.0.0` or `::`), which a NodePort frontend uses to mean
+    /// "every node address".
+    pub fn unspecified(self) -> IpAddr {
+        match self {
+            Family::V4 => IpAddr::from([0u8; 4]),
+            Family::V6 => IpAddr::from([0u16; 8]),
+        }
+    }
+}
+
+/// Identifies one port of one Service: what kube-proxy calls a `ServicePortName`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServicePortName {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub name: String,
+    /// The port's name; empty for the single unnamed port a Service may have.
+    pub port: String,
+    /// The port's protocol.
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for ServicePortName {
+    /// `namespace/name:port/protocol`, kube-proxy's log format.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}:{}/{}", self.namespace, self.name, self.port, self.protocol)
+    }
+}
+
+/// Identifies a Service (all of its ports).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceName {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub name: String,
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What kind of address a frontend is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum FrontendKind {
+    /// One of the Service's `clusterIPs`. Traffic to it is cluster traffic.
+    #[serde(rename = "ClusterIP")]
+    ClusterIp,
+    /// The Service's `nodePort` on this node's addresses. External traffic.
+    NodePort,
+    /// One of the Service's `externalIPs`. External traffic.
+    #[serde(rename = "ExternalIP")]
+    ExternalIp,
+    /// A `status.loadBalancer.ingress` IP. External traffic.
+    LoadBalancer,
+}
+
+impl FrontendKind {
+    /// Whether traffic to this frontend follows `externalTrafficPolicy` (everything but ClusterIPs).
+    pub fn is_external(self) -> bool {
+        !matches!(self, FrontendKind::ClusterIp)
+    }
+
+    /// The name used in dumps and kernel comments (`ClusterIP`, `NodePort`, `ExternalIP`, `LoadBalancer`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrontendKind::ClusterIp => "ClusterIP",
+            FrontendKind::NodePort => "NodePort",
+            FrontendKind::ExternalIp => "ExternalIP",
+            FrontendKind::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+impl FromStr for FrontendKind {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Ok(match s {
+            "ClusterIP" => FrontendKind::ClusterIp,
+            "NodePort" => FrontendKind::NodePort,
+            "ExternalIP" => FrontendKind::ExternalIp,
+            "LoadBalancer" => FrontendKind::LoadBalancer,
+            _ => return Err(()),
+        })
+    }
+}
+
+/// An address and port this node accepts traffic for a Service port on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Frontend {
+    /// What kind of address this is.
+    pub kind: FrontendKind,
+    /// The address. For [`FrontendKind::NodePort`] it is the family's unspecified address (`0.0.0.0`, `::`),
+    /// meaning every address of this node that NodePorts are served on.
+    pub ip: IpAddr,
+    /// The destination port.
+    pub port: u16,
+}
+
+/// One endpoint of a Service port, with the conditions its EndpointSlice reported.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Backend {
+    /// The endpoint's address.
+    pub ip: IpAddr,
+    /// The endpoint's port (the Service port's target port as the EndpointSlice resolved it).
+    pub port: u16,
+    /// The node the endpoint runs on, if the EndpointSlice says.
+    pub node_name: Option<String>,
+    /// The zone the endpoint runs in, if the EndpointSlice says.
+    pub zone: Option<String>,
+    /// `conditions.ready` (absent means true).
+    pub ready: bool,
+    /// `conditions.serving` (absent means the value of `ready`).
+    pub serving: bool,
+    /// `conditions.terminating` (absent means false).
+    pub terminating: bool,
+    /// Relative weight for weighted schedulers; 1 unless something says otherwise.
+    pub weight: u32,
+}
+
+impl Backend {
+    /// `ip:port`, with brackets for IPv6: the form used in metric labels and logs.
+    pub fn addr(&self) -> String {
+        std::net::SocketAddr::new(self.ip, self.port).to_string()
+    }
+}
+
+/// How a dataplane picks a backend for a new connection.
+///
+/// The names are ipvsadm's where IPVS has the scheduler. Each dataplane says which it can honour
+/// ([`crate::dataplane::Dataplane::supports`]); the store falls back to [`Scheduler::Random`] for the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    /// Uniformly random, kube-proxy's behaviour.
+    Random,
+    /// Round robin.
+    Rr,
+    /// Weighted round robin.
+    Wrr,
+    /// Least connections.
+    Lc,
+    /// Weighted least connections.
+    Wlc,
+    /// Destination hashing.
+    Dh,
+    /// Source hashing.
+    Sh,
+    /// Shortest expected delay.
+    Sed,
+    /// Never queue.
+    Nq,
+    /// Maglev hashing.
+    Mh,
+}
+
+impl Scheduler {
+    /// Every scheduler, in a fixed order.
+    pub const ALL: [Scheduler; 10] = [
+        Scheduler::Random,
+        Scheduler::Rr,
+        Scheduler::Wrr,
+        Scheduler::Lc,
+        Scheduler::Wlc,
+        Scheduler::Dh,
+        Scheduler::Sh,
+        Scheduler::Sed,
+        Scheduler::Nq,
+        Scheduler::Mh,
+    ];
+
+    /// The scheduler's name as written in the `switchyard.io/scheduler` annotation and `--scheduler`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheduler::Random => "random",
+            Scheduler::Rr => "rr",
+            Scheduler::Wrr => "wrr",
+            Scheduler::Lc => "lc",
+            Scheduler::Wlc => "wlc",
+            Scheduler::Dh => "dh",
+            Scheduler::Sh => "sh",
+            Scheduler::Sed => "sed",
+            Scheduler::Nq => "nq",
+            Scheduler::Mh => "mh",
+        }
+    }
+}
+
+impl FromStr for Scheduler {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Scheduler::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s.trim())
+            .ok_or_else(|| format!("unknown scheduler {s:?}"))
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What this node does for one Service port in one IP family: the unit every dataplane programs.
+///
+/// Plans are pure data derived from the API objects; two equal plans program the same kernel state.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServicePlan {
+    /// Which Service port this is.
+    pub name: ServicePortName,
+    /// The IP family of every address in this plan.
+    pub family: Family,
+    /// Where this node accepts traffic for the port, sorted.
+    pub frontends: Vec<Frontend>,
+    /// How a backend is picked.
+    pub scheduler: Scheduler,
+    /// `sessionAffinity: ClientIP` timeout in seconds, if affinity is on.
+    pub affinity_timeout: Option<u32>,
+    /// Backends for cluster traffic (to ClusterIPs), sorted. Empty means such traffic is rejected.
+    pub cluster_backends: Vec<Backend>,
+    /// Backends for external traffic (NodePorts, externalIPs, LB IPs), sorted. Empty means such traffic
+    /// is rejected.
+    pub external_backends: Vec<Backend>,
+    /// Whether external traffic is masqueraded (true unless `externalTrafficPolicy: Local`).
+    pub masquerade_external: bool,
+}
+
+impl ServicePlan {
+    /// Every backend of the plan, cluster and external, without duplicates, sorted.
+    pub fn all_backends(&self) -> Vec<&Backend> {
+        let mut all: Vec<&Backend> = self.cluster_backends.iter().chain(&self.external_backends).collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// The frontends of one kind class: cluster (`false`) or external (`true`).
+    pub fn frontends(&self, external: bool) -> impl Iterator<Item = &Frontend> {
+        self.frontends.iter().filter(move |f| f.kind.is_external() == external)
+    }
+}
+
+/// Key under which plans are stored: the Service port and the family.
+pub type PlanKey = (ServicePortName, Family);
