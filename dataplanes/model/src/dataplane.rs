@@ -13,7 +13,7 @@ use crate::{FrontendKind, PlanKey, Protocol, Scheduler, ServicePlan};
 /// programmed, without touching it), then [`Dataplane::sync`] for every batch of changes. The first sync after
 /// start is a full one, which also prunes what no plan references. Deleting something that is already gone is
 /// success. A failed sync leaves the dataplane able to retry: the daemon calls `restore` and then a full sync.
-pub trait Dataplane: Send {
+pub trait Dataplane: Send + std::fmt::Debug {
     /// Short name (`nftables`, `ipvs`, `ebpf`), used in logs and metric labels.
     fn name(&self) -> &'static str;
 
@@ -45,6 +45,8 @@ pub struct SyncReport {
     pub removed: usize,
     /// Plans found already programmed as desired and left alone.
     pub unchanged: usize,
+    /// Plans the kernel refused, with its reason. Their previous state stays programmed; the caller retries.
+    pub failed: Vec<(PlanKey, String)>,
 }
 
 /// A dataplane failure.

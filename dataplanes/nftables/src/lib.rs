@@ -1,1 +1,371 @@
-//! placeholder
+//! Switchyard's nftables dataplane.
+//!
+//! [`translate`] turns a plan into nft objects (pure); [`kernel`] is the one door to `nft`; [`listing`] reads
+//! a table back for restore and dump. [`NftablesDataplane`] reconciles: it adopts what is in the kernel,
+//! rewrites only the Service ports whose objects changed (recognised by a fingerprint stored in the kernel),
+//! each batch in one atomic transaction, and prunes what nothing references.
+
+pub mod kernel;
+pub mod listing;
+pub mod names;
+pub mod translate;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write;
+
+use switchyard_model::dataplane::{Dataplane, Dump, Error, SyncReport};
+use switchyard_model::{Family, PlanKey, Scheduler, ServicePlan};
+use tracing::{debug, warn};
+
+use kernel::Nft;
+use listing::Programmed;
+use names::{MapName, TABLE};
+use translate::{Fam, ServiceObjects, Settings};
+
+const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
+
+/// The nftables dataplane: one table per family, named `switchyard`.
+#[derive(Debug)]
+pub struct NftablesDataplane {
+    nft: Box<dyn Nft>,
+    settings: Settings,
+    tables: BTreeMap<Family, TableState>,
+}
+
+/// What the dataplane believes is in one family's table: exactly what was restored plus what it has
+/// applied since.
+#[derive(Debug, Default)]
+struct TableState {
+    services: HashMap<String, Programmed>,
+    /// Which Service port owns each dispatch element, so two Services claiming one address and port cannot
+    /// make every transaction fail.
+    owners: HashMap<(MapName, String), String>,
+    /// Service ports that lost an element to another one, retried whenever something else changes.
+    conflicted: BTreeSet<String>,
+    marks: HashMap<String, u32>,
+    used_marks: BTreeSet<u32>,
+    next_mark: u32,
+    skeleton_applied: bool,
+}
+
+impl TableState {
+    fn mark_of(&mut self, counter: &str) -> u32 {
+        if let Some(&m) = self.marks.get(counter) {
+            return m;
+        }
+        loop {
+            self.next_mark = if self.next_mark >= 0x7fff_ffff { 1 } else { self.next_mark + 1 };
+            if self.used_marks.insert(self.next_mark) {
+                self.marks.insert(counter.to_string(), self.next_mark);
+                return self.next_mark;
+            }
+        }
+    }
+
+    /// Forgets marks of backends no programmed Service port has.
+    fn gc_marks(&mut self) {
+        let live: BTreeSet<&String> = self.services.values().flat_map(|p| p.counters.iter()).collect();
+        let marks = &mut self.marks;
+        marks.retain(|name, _| live.contains(name));
+        self.used_marks = marks.values().copied().collect();
+    }
+}
+
+impl NftablesDataplane {
+    /// A dataplane that talks to the kernel through `nft`.
+    pub fn new(settings: Settings, nft: Box<dyn Nft>) -> Self {
+        NftablesDataplane { nft, settings, tables: BTreeMap::new() }
+    }
+
+    fn table(family: Family) -> String {
+        format!("{} {TABLE}", Fam(family).table_family())
+    }
+
+    fn list(&self, family: Family) -> Result<listing::Listing, Error> {
+        match self.nft.list("table", Fam(family).table_family(), TABLE)? {
+            Some(json) => listing::parse(&json),
+            None => Ok(listing::Listing::default()),
+        }
+    }
+
+    fn sync_family(
+        &mut self,
+        family: Family,
+        desired: &BTreeMap<PlanKey, ServicePlan>,
+        changed: Option<&BTreeSet<PlanKey>>,
+        report: &mut SyncReport,
+    ) {
+        let t = Self::table(family);
+        let settings = self.settings.clone();
+        let state = self.tables.entry(family).or_default();
+        let plans: BTreeMap<String, &ServicePlan> = match changed {
+            Some(keys) => keys
+                .iter()
+                .filter(|k| k.1 == family)
+                .filter_map(|k| desired.get(k).map(|p| (names::service_key(&p.name), p)))
+                .collect(),
+            None => desired.values().filter(|p| p.family == family).map(|p| (names::service_key(&p.name), p)).collect(),
+        };
+        let mut todo: BTreeSet<String> = match changed {
+            Some(keys) => keys.iter().filter(|k| k.1 == family).map(|k| names::service_key(&k.0)).collect(),
+            None => plans.keys().chain(state.services.keys()).cloned().collect(),
+        };
+        let all_plans: BTreeMap<String, &ServicePlan> = if state.conflicted.is_empty() {
+            plans
+        } else {
+            todo.extend(state.conflicted.iter().cloned());
+            desired.values().filter(|p| p.family == family).map(|p| (names::service_key(&p.name), p)).collect()
+        };
+
+        // Translate what changed; free the elements of everything being rewritten or removed first, so a
+        // Service that takes over an address from one removed in the same batch can claim it.
+        let mut owners = state.owners.clone();
+        for key in &todo {
+            if let Some(old) = state.services.get(key) {
+                for e in old.elements.keys() {
+                    owners.remove(e);
+                }
+            }
+        }
+        let mut work: Vec<(String, Option<ServiceObjects>, bool)> = Vec::new();
+        for key in todo {
+            let new = all_plans.get(&key).map(|p| translate::service(p, &settings, &mut |c| state.mark_of(c)));
+            let mut conflict = false;
+            let new = new.map(|mut objects| {
+                objects.elements.retain(|e, _| match owners.get(e) {
+                    Some(other) if *other != key => {
+                        warn!(service = %key, other = %other, element = %e.1, map = e.0.as_str(),
+                            "address and port already used by another Service; not programmed for this one");
+                        conflict = true;
+                        false
+                    }
+                    _ => {
+                        owners.insert(e.clone(), key.clone());
+                        true
+                    }
+                });
+                objects
+            });
+            let old_fp = state.services.get(&key).and_then(|p| p.fingerprint);
+            let unchanged = match &new {
+                Some(n) => !conflict && old_fp == Some(n.fingerprint) && !state.conflicted.contains(&key),
+                None => !state.services.contains_key(&key),
+            };
+            if unchanged {
+                report.unchanged += 1;
+                continue;
+            }
+            work.push((key, new, conflict));
+        }
+        if work.is_empty() && state.skeleton_applied {
+            return;
+        }
+
+        let skeleton = if state.skeleton_applied { String::new() } else { translate::skeleton(family, TABLE) };
+        let script_of = |items: &[(String, Option<ServiceObjects>, bool)], state: &TableState| {
+            let mut s = skeleton.clone();
+            for (key, new, _) in items {
+                let empty = Programmed::default();
+                diff(&mut s, &t, family, state.services.get(key).unwrap_or(&empty), new.as_ref());
+            }
+            s
+        };
+        let script = script_of(&work, state);
+        let applied: Vec<bool> = match self.nft.apply(&script) {
+            Ok(()) => vec![true; work.len()],
+            Err(e) if work.len() > 1 => {
+                warn!(error = %e, services = work.len(), "nftables batch rejected; applying Service ports one by one");
+                work.iter()
+                    .map(|item| self.nft.apply(&script_of(std::slice::from_ref(item), state)))
+                    .zip(&work)
+                    .map(|(r, (key, _, _))| match r {
+                        Ok(()) => true,
+                        Err(e) => {
+                            warn!(service = %key, error = %e, "nftables rejected this Service port; its old rules stay");
+                            report.failed.push((key_of(key, family), e.to_string()));
+                            false
+                        }
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                if let Some((key, _, _)) = work.first() {
+                    warn!(service = %key, error = %e, "nftables rejected this Service port; its old rules stay");
+                    report.failed.push((key_of(key, family), e.to_string()));
+                }
+                vec![false; work.len()]
+            }
+        };
+        if applied.iter().any(|&ok| ok) || work.is_empty() {
+            state.skeleton_applied = true;
+        }
+        for ((key, new, conflict), ok) in work.into_iter().zip(applied) {
+            if !ok {
+                continue;
+            }
+            if let Some(old) = state.services.get(&key) {
+                for e in old.elements.keys() {
+                    if state.owners.get(e) == Some(&key) {
+                        state.owners.remove(e);
+                    }
+                }
+            }
+            match new {
+                Some(n) => {
+                    for e in n.elements.keys() {
+                        state.owners.insert(e.clone(), key.clone());
+                    }
+                    if conflict {
+                        state.conflicted.insert(key.clone());
+                    } else {
+                        state.conflicted.remove(&key);
+                    }
+                    debug!(service = %key, family = ?family, "programmed");
+                    report.written += 1;
+                    state.services.insert(key, programmed(n, conflict));
+                }
+                None => {
+                    state.conflicted.remove(&key);
+                    state.services.remove(&key);
+                    report.removed += 1;
+                }
+            }
+        }
+        state.gc_marks();
+    }
+}
+
+fn key_of(key: &str, family: Family) -> PlanKey {
+    (names::parse_service_key(key).expect("keys come from names::service_key"), family)
+}
+
+fn programmed(n: ServiceObjects, conflict: bool) -> Programmed {
+    Programmed {
+        // A Service port that lost an element is not what its plan asks for: leave no fingerprint, so that
+        // it is rewritten once the conflict is gone.
+        fingerprint: (!conflict).then_some(n.fingerprint),
+        chains: n.chains.into_keys().collect(),
+        sets: n.sets,
+        counters: n.counters,
+        elements: n.elements,
+    }
+}
+
+/// Appends to `s` the commands that turn `old` into `new` (or remove `old` when `new` is `None`), in an
+/// order the kernel accepts within one transaction: unlink, flush, delete, then create and link.
+fn diff(s: &mut String, t: &str, family: Family, old: &Programmed, new: Option<&ServiceObjects>) {
+    let empty = ServiceObjects::default();
+    let new = new.unwrap_or(&empty);
+    let mut w = |line: String| {
+        s.push_str(&line);
+        s.push('\n');
+    };
+    for ((map, k), v) in &old.elements {
+        if new.elements.get(&(*map, k.clone())) != Some(v) {
+            w(format!("delete element {t} {} {{ {k} }}", map.as_str()));
+        }
+    }
+    for c in &old.chains {
+        w(format!("flush chain {t} {c}"));
+    }
+    for c in old.chains.iter().filter(|c| !new.chains.contains_key(*c)) {
+        w(format!("delete chain {t} {c}"));
+    }
+    for (set, timeout) in &old.sets {
+        if new.sets.get(set) != Some(timeout) {
+            w(format!("delete set {t} {set}"));
+        }
+    }
+    for c in old.counters.difference(&new.counters) {
+        w(format!("delete counter {t} {c}"));
+    }
+    let addr_type = match family {
+        Family::V4 => "ipv4_addr",
+        Family::V6 => "ipv6_addr",
+    };
+    for (set, timeout) in &new.sets {
+        if old.sets.get(set) != Some(timeout) {
+            w(format!("add set {t} {set} {{ type {addr_type}; flags dynamic,timeout; timeout {timeout}s; }}"));
+        }
+    }
+    for c in new.counters.difference(&old.counters) {
+        w(format!("add counter {t} {c}"));
+    }
+    for c in new.chains.keys().filter(|c| !old.chains.contains(*c)) {
+        w(format!("add chain {t} {c}"));
+    }
+    for (c, rules) in &new.chains {
+        for r in rules {
+            w(format!("add rule {t} {c} {r}"));
+        }
+    }
+    for ((map, k), v) in &new.elements {
+        if old.elements.get(&(*map, k.clone())) != Some(v) {
+            w(format!("add element {t} {} {{ {k} {v} }}", map.as_str()));
+        }
+    }
+}
+
+impl Dataplane for NftablesDataplane {
+    fn name(&self) -> &'static str {
+        "nftables"
+    }
+
+    fn supports(&self, scheduler: Scheduler) -> bool {
+        matches!(scheduler, Scheduler::Random | Scheduler::Rr | Scheduler::Sh | Scheduler::Dh)
+    }
+
+    fn restore(&mut self) -> Result<(), Error> {
+        for family in FAMILIES {
+            let restored = listing::restore(&self.list(family)?);
+            let mut state = TableState::default();
+            for (key, p) in &restored.services {
+                for e in p.elements.keys() {
+                    state.owners.insert(e.clone(), key.clone());
+                }
+            }
+            state.used_marks = restored.marks.values().copied().collect();
+            state.next_mark = state.used_marks.iter().next_back().copied().unwrap_or(0);
+            state.marks = restored.marks;
+            state.services = restored.services;
+            self.tables.insert(family, state);
+        }
+        Ok(())
+    }
+
+    fn sync(
+        &mut self,
+        desired: &BTreeMap<PlanKey, ServicePlan>,
+        changed: Option<&BTreeSet<PlanKey>>,
+    ) -> Result<SyncReport, Error> {
+        let mut report = SyncReport::default();
+        for family in FAMILIES {
+            self.sync_family(family, desired, changed, &mut report);
+        }
+        Ok(report)
+    }
+
+    fn dump(&self) -> Result<Dump, Error> {
+        let mut dump = Dump::default();
+        for family in FAMILIES {
+            dump.services.extend(listing::dump(&self.list(family)?, family)?.services);
+        }
+        dump.services.sort_by(|a, b| (&a.namespace, &a.name, &a.port, a.protocol).cmp(&(&b.namespace, &b.name, &b.port, b.protocol)));
+        Ok(dump)
+    }
+
+    fn cleanup(&mut self) -> Result<(), Error> {
+        let mut script = String::new();
+        for family in FAMILIES {
+            let t = Self::table(family);
+            // `add` first so that the delete succeeds whether or not the table exists.
+            writeln!(script, "add table {t}\ndelete table {t}").expect("write to String");
+        }
+        self.nft.apply(&script)?;
+        self.tables.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,77 @@
+//! Health as kube-proxy reports it: unhealthy when a queued change has waited longer than the timeout
+//! (twice the sync period). `/healthz` is also unhealthy until the first sync has been programmed, which
+//! makes it the DaemonSet's readiness probe; `/livez` is not, so a slow first list does not restart the pod.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+#[derive(Debug)]
+struct State {
+    oldest_queued: Option<SystemTime>,
+    last_updated: Option<SystemTime>,
+}
+
+/// Shared health state, updated by the sync loop and read by the HTTP server.
+#[derive(Clone, Debug)]
+pub struct Health {
+    timeout: Duration,
+    state: Arc<Mutex<State>>,
+}
+
+/// The JSON body of /healthz and /livez.
+#[derive(Serialize, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// Last successful sync, RFC 3339, empty before the first one.
+    pub last_updated: String,
+    /// Now, RFC 3339.
+    pub current_time: String,
+    /// Whether the node may receive traffic (always true until Node eligibility is implemented).
+    pub node_eligible: bool,
+    /// Whether the first sync has been programmed.
+    pub synced: bool,
+    /// The verdict.
+    pub healthy: bool,
+}
+
+impl Health {
+    /// Health with the given staleness timeout, counting start-up as a queued change.
+    pub fn new(timeout: Duration) -> Self {
+        Health {
+            timeout,
+            state: Arc::new(Mutex::new(State { oldest_queued: Some(SystemTime::now()), last_updated: None })),
+        }
+    }
+
+    /// A change was queued for the next sync.
+    pub fn queued(&self) {
+        let mut s = self.state.lock().expect("health lock");
+        s.oldest_queued.get_or_insert_with(SystemTime::now);
+    }
+
+    /// A sync programmed everything queued so far.
+    pub fn updated(&self) {
+        let mut s = self.state.lock().expect("health lock");
+        s.oldest_queued = None;
+        s.last_updated = Some(SystemTime::now());
+    }
+
+    /// The report; `readiness` adds the first-sync requirement of /healthz.
+    pub fn report(&self, readiness: bool) -> Report {
+        let s = self.state.lock().expect("health lock");
+        let now = SystemTime::now();
+        let fresh = s
+            .oldest_queued
+            .is_none_or(|q| now.duration_since(q).unwrap_or_default() <= self.timeout);
+        let synced = s.last_updated.is_some();
+        Report {
+            last_updated: s.last_updated.map(|t| humantime::format_rfc3339_seconds(t).to_string()).unwrap_or_default(),
+            current_time: humantime::format_rfc3339_seconds(now).to_string(),
+            node_eligible: true,
+            synced,
+            healthy: fresh && (synced || !readiness),
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The manifests source: Services, EndpointSlices and Nodes from multi-document YAML (or JSON) files in a
+//! directory, for demos, tests and nodes without an API server.
+//!
+//! The first scan becomes one [`Event::Replace`] per kind and [`Event::Synced`]. Afterwards the directory is
+//! watched (inotify, with a slow poll as a safety net): a changed file's objects are re-applied (the store
+//! ignores unchanged ones) and objects that left a file, or whose file was removed, are deleted. Other kinds
+//! are skipped with a log line; a document that does not parse is skipped with a log line naming the file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use notify::Watcher as _;
+use serde::Deserialize as _;
+use switchyard_model::store::{Event, Kind, Object, ObjectKey};
+use tracing::{debug, info, warn};
+
+/// How often the directory is rescanned even without an inotify event.
+const POLL: Duration = Duration::from_secs(2);
+
+/// Parses one file's documents into objects. Bad documents and other kinds are logged and skipped.
+pub fn parse_file(path: &Path, text: &str) -> Vec<Object> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = match serde_yaml::Value::deserialize(doc) {
+            Ok(serde_yaml::Value::Null) => continue,
+            Ok(v) => v,
+            Err(e) => {
+                warn!(file = %path.display(), document = i, error = %e, "manifest does not parse; skipped");
+                // A YAML syntax error ends the stream: nothing after it can be read reliably.
+                break;
+            }
+        };
+        let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let parsed = match (api_version.as_str(), kind.as_str()) {
+            ("v1", "Service") => serde_yaml::from_value::<Service>(value).map(|mut s| {
+                default_namespace(&mut s.metadata);
+                Object::Service(Box::new(s))
+            }),
+            ("discovery.k8s.io/v1", "EndpointSlice") => serde_yaml::from_value::<EndpointSlice>(value).map(|mut s| {
+                default_namespace(&mut s.metadata);
+                Object::EndpointSlice(Box::new(s))
+            }),
+            ("v1", "Node") => serde_yaml::from_value::<Node>(value).map(|n| Object::Node(Box::new(n))),
+            _ => {
+                info!(file = %path.display(), document = i, %api_version, %kind, "not a Service, EndpointSlice or Node; skipped");
+                continue;
+            }
+        };
+        match parsed {
+            Ok(obj) if obj.key().name.is_empty() => {
+                warn!(file = %path.display(), document = i, %kind, "object without metadata.name; skipped")
+            }
+            Ok(obj) => out.push(obj),
+            Err(e) => warn!(file = %path.display(), document = i, %kind, error = %e, "invalid object; skipped"),
+        }
+    }
+    out
+}
+
+fn default_namespace(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    if meta.namespace.as_deref().unwrap_or("").is_empty() {
+        meta.namespace = Some("default".into());
+    }
+}
+
+/// What a file held when last read.
+#[derive(Debug)]
+struct FileState {
+    stamp: (SystemTime, u64),
+    keys: BTreeSet<ObjectKey>,
+}
+
+/// Runs the source until the receiver of `tx` is dropped.
+pub async fn run(dir: PathBuf, tx: super::Sender) {
+    let (wake_tx, mut wake_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let _ = wake_tx.try_send(());
+    })
+    .and_then(|mut w| w.watch(&dir, notify::RecursiveMode::NonRecursive).map(|()| w));
+    let _watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(dir = %dir.display(), error = %e, "cannot watch the manifests directory; polling every {POLL:?}");
+            None
+        }
+    };
+
+    let mut files: BTreeMap<PathBuf, FileState> = BTreeMap::new();
+    let mut first = true;
+    loop {
+        let events = scan(&dir, &mut files, first);
+        first = false;
+        for ev in events {
+            if tx.send(ev).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            _ = wake_rx.recv() => {
+                // Let a burst of writes settle into one rescan.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while wake_rx.try_recv().is_ok() {}
+            }
+            _ = tokio::time::sleep(POLL) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// Rescans the directory; returns the events for what changed since the last scan.
+fn scan(dir: &Path, files: &mut BTreeMap<PathBuf, FileState>, first: bool) -> Vec<Event> {
+    let mut present = BTreeMap::new();
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+                if !matches!(ext, "yaml" | "yml" | "json") {
+                    continue;
+                }
+                if let Some(meta) = entry.metadata().ok().filter(|m| m.is_file()) {
+                    present.insert(path, (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len()));
+                }
+            }
+        }
+        Err(e) => warn!(dir = %dir.display(), error = %e, "cannot read the manifests directory"),
+    }
+
+    let mut deletes: BTreeSet<ObjectKey> = BTreeSet::new();
+    let mut applies: Vec<Object> = Vec::new();
+    let mut all: BTreeMap<Kind, Vec<Object>> = BTreeMap::new();
+    // Files removed: their objects go.
+    let removed: Vec<PathBuf> = files.keys().filter(|p| !present.contains_key(*p)).cloned().collect();
+    for path in removed {
+        let state = files.remove(&path).expect("listed above");
+        info!(file = %path.display(), objects = state.keys.len(), "manifest removed");
+        deletes.extend(state.keys);
+    }
+    for (path, stamp) in present {
+        if files.get(&path).is_some_and(|f| f.stamp == stamp) {
+            continue;
+        }
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "cannot read manifest");
+                continue;
+            }
+        };
+        let objects = parse_file(&path, &text);
+        let keys: BTreeSet<ObjectKey> = objects.iter().map(Object::key).collect();
+        debug!(file = %path.display(), objects = objects.len(), "manifest read");
+        if let Some(old) = files.get(&path) {
+            deletes.extend(old.keys.difference(&keys).cloned());
+        }
+        for obj in objects {
+            if first {
+                all.entry(obj.kind()).or_default().push(obj);
+            } else {
+                applies.push(obj);
+            }
+        }
+        files.insert(path, FileState { stamp, keys });
+    }
+    // An object that moved from one file to another is applied, not deleted.
+    for obj in &applies {
+        deletes.remove(&obj.key());
+    }
+    let mut events: Vec<Event> = deletes.into_iter().map(Event::Delete).collect();
+    events.extend(applies.into_iter().map(Event::Apply));
+    if first {
+        for kind in [Kind::Node, Kind::Service, Kind::EndpointSlice] {
+            events.push(Event::Replace(kind, all.remove(&kind).unwrap_or_default()));
+        }
+        events.push(Event::Synced);
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests;

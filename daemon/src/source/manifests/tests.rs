@@ -1,0 +1,48 @@
+use super::*;
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sy-manifests-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 10.96.0.10\n  ports:\n  - port: 80\n";
+
+/// Multi-document files: known kinds parsed (namespace defaulted), other kinds and bad documents skipped.
+#[test]
+fn parses_documents() {
+    let text = format!(
+        "{SVC}---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: prod\naddressType: IPv4\nendpoints: []\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata:\n  name: bad\nspec:\n  ports: 7\n"
+    );
+    let objs = parse_file(Path::new("x.yaml"), &text);
+    assert_eq!(objs.len(), 2, "{objs:?}");
+    assert_eq!(objs[0].key().namespace, "default");
+    assert_eq!(objs[1].key().namespace, "prod");
+}
+
+/// First scan: one Replace per kind then Synced; later scans: only what changed, deletes for what left.
+#[test]
+fn scan_reports_changes() {
+    let dir = tmpdir("scan");
+    std::fs::write(dir.join("a.yaml"), SVC).unwrap();
+    let mut files = BTreeMap::new();
+    let first = scan(&dir, &mut files, true);
+    assert_eq!(first.len(), 4);
+    assert!(matches!(&first[1], Event::Replace(Kind::Service, v) if v.len() == 1));
+    assert_eq!(first[3], Event::Synced);
+    assert!(scan(&dir, &mut files, false).is_empty(), "nothing changed");
+
+    // Move the object to another file: applied, not deleted.
+    std::fs::write(dir.join("b.yaml"), SVC).unwrap();
+    std::fs::remove_file(dir.join("a.yaml")).unwrap();
+    let moved = scan(&dir, &mut files, false);
+    assert!(matches!(moved.as_slice(), [Event::Apply(_)]), "{moved:?}");
+
+    std::fs::remove_file(dir.join("b.yaml")).unwrap();
+    let gone = scan(&dir, &mut files, false);
+    assert!(matches!(gone.as_slice(), [Event::Delete(k)] if k.name == "web"), "{gone:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

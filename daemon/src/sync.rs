@@ -1,0 +1,168 @@
+//! The sync loop: drains source events into the model, and at most once per `min_sync_period` hands the
+//! changed plans to the dataplane. Nothing is programmed before the sources' initial lists are complete; the
+//! first sync restores the kernel's state and is a full one (which prunes leftovers); a failure is retried
+//! with backoff after another restore, and never flushes rules that were good.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use switchyard_model::dataplane::Dataplane;
+use switchyard_model::store::{Event, Store};
+use switchyard_model::PlanKey;
+use tokio::sync::mpsc::Receiver;
+use tracing::{info, warn};
+
+use crate::health::Health;
+use crate::metrics::Metrics;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The loop's state.
+#[derive(Debug)]
+pub struct SyncLoop {
+    store: Store,
+    dataplane: Box<dyn Dataplane>,
+    metrics: Metrics,
+    health: Health,
+    min_sync_period: Duration,
+    /// Plans changed but not yet programmed.
+    pending: BTreeSet<PlanKey>,
+    /// Whether the dataplane's view of the kernel is current (false at start and after a failure).
+    restored: bool,
+    /// Whether the next sync must be a full one.
+    full: bool,
+    last_sync: Option<Instant>,
+    /// When the oldest change not yet programmed arrived.
+    oldest_change: Option<Instant>,
+    failures: u32,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
+}
+
+impl SyncLoop {
+    /// A loop over `store` and `dataplane`.
+    pub fn new(
+        store: Store,
+        dataplane: Box<dyn Dataplane>,
+        metrics: Metrics,
+        health: Health,
+        min_sync_period: Duration,
+    ) -> Self {
+        SyncLoop {
+            store,
+            dataplane,
+            metrics,
+            health,
+            min_sync_period,
+            pending: BTreeSet::new(),
+            restored: false,
+            full: true,
+            last_sync: None,
+            oldest_change: None,
+            failures: 0,
+        }
+    }
+
+    /// Runs until every sender of `rx` is gone.
+    pub async fn run(mut self, mut rx: Receiver<Event>) {
+        let mut next: Option<Instant> = None;
+        loop {
+            let deadline = next.map(tokio::time::Instant::from_std);
+            tokio::select! {
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { return };
+                    if self.take(ev) {
+                        let earliest = self.last_sync.map_or_else(Instant::now, |t| t + self.min_sync_period);
+                        next = Some(next.map_or(earliest, |n| n.min(earliest)).max(Instant::now()));
+                    }
+                }
+                () = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                    next = None;
+                    if let Some(retry_in) = tokio::task::block_in_place(|| self.sync_once()) {
+                        next = Some(Instant::now() + retry_in);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes one event into the model. Returns whether a sync should be scheduled.
+    fn take(&mut self, ev: Event) -> bool {
+        let changes = self.store.handle(ev);
+        self.metrics.service_changes.inc_by(changes.services as u64);
+        self.metrics.endpoint_changes.inc_by(changes.endpoint_slices as u64);
+        if changes.services + changes.endpoint_slices > 0 || changes.node {
+            self.metrics.last_queued.set(unix_now());
+            self.health.queued();
+            self.oldest_change.get_or_insert_with(Instant::now);
+        }
+        self.store.is_synced() && (self.store.has_pending() || self.full || !self.pending.is_empty())
+    }
+
+    /// One sync. Returns when to retry, if something failed.
+    fn sync_once(&mut self) -> Option<Duration> {
+        let (changed, problems) = self.store.recompute();
+        for p in &problems {
+            warn!(kind = p.kind, object = %p.object, reason = p.reason, "{}", p.message);
+            self.metrics.problems.with_label_values(&[p.kind, p.reason]).inc();
+        }
+        self.pending.extend(changed);
+        let name = self.dataplane.name();
+        let start = Instant::now();
+        if !self.restored {
+            if let Err(e) = self.dataplane.restore() {
+                warn!(dataplane = name, error = %e, "cannot read the kernel's state; nothing changed, will retry");
+                return Some(self.backoff());
+            }
+            self.restored = true;
+            self.full = true;
+        }
+        let changed = (!self.full).then_some(&self.pending);
+        let result = self.dataplane.sync(self.store.plans(), changed);
+        let elapsed = start.elapsed();
+        self.metrics.sync_duration.observe(elapsed.as_secs_f64());
+        match result {
+            Ok(report) => {
+                self.metrics.last_sync.set(unix_now());
+                self.last_sync = Some(Instant::now());
+                self.full = false;
+                info!(
+                    dataplane = name,
+                    written = report.written,
+                    removed = report.removed,
+                    unchanged = report.unchanged,
+                    failed = report.failed.len(),
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "synced"
+                );
+                if report.failed.is_empty() {
+                    self.pending.clear();
+                    self.failures = 0;
+                    self.health.updated();
+                    if let Some(t) = self.oldest_change.take() {
+                        self.metrics.programming_duration.observe(t.elapsed().as_secs_f64());
+                    }
+                    None
+                } else {
+                    self.metrics.sync_failures.with_label_values(&[name]).inc_by(report.failed.len() as u64);
+                    self.pending = report.failed.into_iter().map(|(k, _)| k).collect();
+                    Some(self.backoff())
+                }
+            }
+            Err(e) => {
+                warn!(dataplane = name, error = %e, "sync failed; the kernel keeps its previous rules; will restore and retry");
+                self.metrics.sync_failures.with_label_values(&[name]).inc();
+                self.restored = false;
+                Some(self.backoff())
+            }
+        }
+    }
+
+    fn backoff(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let secs = 1u64 << self.failures.min(5);
+        Duration::from_secs(secs).min(MAX_BACKOFF)
+    }
+}

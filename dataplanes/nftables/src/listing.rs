@@ -1,0 +1,260 @@
+//! Reading a table back: nft's JSON listing to a [`Listing`], and from there to the state the reconciler
+//! adopts ([`restore`]) and to the dataplane-neutral [`Dump`] ([`dump`]).
+//!
+//! nft JSON is parsed with `serde_json::Value` rather than the `nftables` crate's schema types, which hold
+//! counters in `u32` (a backend's byte count passes 4 GiB quickly) and cannot express `counter name … map`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use serde_json::Value;
+use switchyard_model::dataplane::{Dump, DumpBackend, DumpFrontend, DumpService, Error};
+use switchyard_model::{Family, FrontendKind, Scheduler};
+
+use crate::names::{self, MapName};
+use crate::translate::FINGERPRINT_PREFIX;
+
+/// A rule as listed: its statements and its comment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ListedRule {
+    /// The `expr` array of the rule.
+    pub expr: Vec<Value>,
+    /// The rule's comment.
+    pub comment: Option<String>,
+}
+
+/// One family's table as the kernel has it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Listing {
+    /// Rules per chain, in order (every chain is present, possibly empty).
+    pub chains: BTreeMap<String, Vec<ListedRule>>,
+    /// Named sets and their timeout in seconds (0 without one).
+    pub sets: BTreeMap<String, u32>,
+    /// Named counters: (packets, bytes).
+    pub counters: BTreeMap<String, (u64, u64)>,
+    /// Elements of Switchyard's maps as (key, value) in the syntax the translation writes.
+    pub elements: BTreeMap<MapName, Vec<(String, String)>>,
+}
+
+fn parse_err(message: impl Into<String>) -> Error {
+    Error::Parse { dataplane: "nftables", message: message.into() }
+}
+
+/// Parses the output of `nft -j list table …` (or `list counters …`).
+pub fn parse(json: &str) -> Result<Listing, Error> {
+    let root: Value = serde_json::from_str(json).map_err(|e| parse_err(e.to_string()))?;
+    let items = root.get("nftables").and_then(Value::as_array).ok_or_else(|| parse_err("no nftables array"))?;
+    let mut l = Listing::default();
+    for item in items {
+        let Some((kind, obj)) = item.as_object().and_then(|o| o.iter().next()) else { continue };
+        let name = obj.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        match kind.as_str() {
+            "chain" => {
+                l.chains.entry(name).or_default();
+            }
+            "rule" => {
+                let chain = obj.get("chain").and_then(Value::as_str).unwrap_or_default().to_string();
+                let expr = obj.get("expr").and_then(Value::as_array).cloned().unwrap_or_default();
+                let comment = obj.get("comment").and_then(Value::as_str).map(str::to_string);
+                l.chains.entry(chain).or_default().push(ListedRule { expr, comment });
+            }
+            "set" => {
+                let timeout = obj.get("timeout").and_then(Value::as_u64).unwrap_or(0);
+                l.sets.insert(name, u32::try_from(timeout).unwrap_or(u32::MAX));
+            }
+            "counter" => {
+                let n = |k: &str| obj.get(k).and_then(Value::as_u64).unwrap_or(0);
+                l.counters.insert(name, (n("packets"), n("bytes")));
+            }
+            "map" => {
+                let Some(map) = MapName::parse(&name) else { continue };
+                let elems = l.elements.entry(map).or_default();
+                for e in obj.get("elem").and_then(Value::as_array).into_iter().flatten() {
+                    let pair = e.as_array().filter(|p| p.len() == 2).ok_or_else(|| parse_err("map element"))?;
+                    let (key, comment) = match pair[0].get("elem") {
+                        Some(el) => (&el["val"], el.get("comment").and_then(Value::as_str)),
+                        None => (&pair[0], None),
+                    };
+                    let value = match (&pair[1], pair[1].get("goto")) {
+                        (_, Some(g)) => format!("goto {}", g["target"].as_str().unwrap_or_default()),
+                        (Value::String(s), None) => format!("\"{s}\""),
+                        (other, None) => other.to_string(),
+                    };
+                    let value = match comment {
+                        Some(c) => format!("comment \"{c}\" : {value}"),
+                        None => format!(": {value}"),
+                    };
+                    elems.push((key_text(key), value));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(l)
+}
+
+/// A map key in nft syntax: `10.96.0.1 . tcp . 80`, `tcp . 30080`, `7`.
+fn key_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Object(o) if o.contains_key("concat") => {
+            o["concat"].as_array().into_iter().flatten().map(key_text).collect::<Vec<_>>().join(" . ")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The objects one Service port owns in the kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Programmed {
+    /// The fingerprint found on the `service-` chain, if any.
+    pub fingerprint: Option<u64>,
+    /// Chain names.
+    pub chains: BTreeSet<String>,
+    /// Affinity sets and their timeouts.
+    pub sets: BTreeMap<String, u32>,
+    /// Counter names.
+    pub counters: BTreeSet<String>,
+    /// Map elements: (map, key) -> value.
+    pub elements: BTreeMap<(MapName, String), String>,
+}
+
+/// What a restore finds: the objects of each Service port (by key) and the conntrack mark of each backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Per Service key.
+    pub services: HashMap<String, Programmed>,
+    /// Backend traffic counter name -> conntrack mark.
+    pub marks: HashMap<String, u32>,
+}
+
+/// Groups a listing's objects by the Service port that owns them. Objects of no Service port (the static
+/// skeleton, anything unknown) are left out.
+pub fn restore(l: &Listing) -> Restored {
+    let mut r = Restored::default();
+    for (chain, rules) in &l.chains {
+        let Some(key) = names::owner_key(chain) else { continue };
+        let p = r.services.entry(key.to_string()).or_default();
+        p.chains.insert(chain.clone());
+        if chain.starts_with("service-") {
+            p.fingerprint = rules.iter().filter_map(|x| x.comment.as_deref()).find_map(parse_fingerprint);
+        }
+    }
+    for (set, timeout) in &l.sets {
+        if let Some(key) = names::owner_key(set) {
+            r.services.entry(key.to_string()).or_default().sets.insert(set.clone(), *timeout);
+        }
+    }
+    for counter in l.counters.keys() {
+        if let Some(key) = names::owner_key(counter) {
+            r.services.entry(key.to_string()).or_default().counters.insert(counter.clone());
+        }
+    }
+    for (&map, elems) in &l.elements {
+        for (k, v) in elems {
+            let target = v.rsplit(' ').next().unwrap_or_default().trim_matches('"');
+            let Some(owner) = names::owner_key(target) else { continue };
+            if map == MapName::BackendCounters {
+                if let Ok(mark) = k.parse::<u32>() {
+                    r.marks.insert(target.to_string(), mark);
+                }
+            }
+            r.services.entry(owner.to_string()).or_default().elements.insert((map, k.clone()), v.clone());
+        }
+    }
+    r
+}
+
+fn parse_fingerprint(comment: &str) -> Option<u64> {
+    let hex = comment.strip_prefix(FINGERPRINT_PREFIX)?.split(' ').next()?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// A `key=value` field of the fingerprint comment.
+fn note_field<'a>(comment: &'a str, field: &str) -> Option<&'a str> {
+    comment.split(' ').find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))
+}
+
+/// What the kernel does for each Service port of one family's table.
+pub fn dump(l: &Listing, family: Family) -> Result<Dump, Error> {
+    let r = restore(l);
+    let mut services = Vec::new();
+    let mut keys: Vec<&String> = r.services.keys().collect();
+    keys.sort();
+    for key in keys {
+        let p = &r.services[key];
+        let name = names::parse_service_key(key).ok_or_else(|| parse_err(format!("service key {key}")))?;
+        let svc_chain = names::service_chain(key);
+        let rules = l.chains.get(&svc_chain).map(Vec::as_slice).unwrap_or_default();
+        let note = rules.iter().filter_map(|x| x.comment.as_deref()).find(|c| c.starts_with(FINGERPRINT_PREFIX));
+
+        let mut frontends = Vec::new();
+        for ((map, k), v) in &p.elements {
+            let kind = v.strip_prefix("comment \"").and_then(|s| s.split('"').next()).and_then(|c| c.parse::<FrontendKind>().ok());
+            let parts: Vec<&str> = k.split(" . ").collect();
+            let (ip, port) = match map {
+                MapName::ServiceIps | MapName::NoEndpointServices if parts.len() == 3 => {
+                    (parts[0].parse::<IpAddr>().ok(), parts[2].parse::<u16>().ok())
+                }
+                MapName::ServiceNodeports | MapName::NoEndpointNodeports if parts.len() == 2 => {
+                    (Some(family.unspecified()), parts[1].parse::<u16>().ok())
+                }
+                _ => continue,
+            };
+            if let (Some(kind), Some(ip), Some(port)) = (kind, ip, port) {
+                frontends.push(DumpFrontend { kind, ip, port });
+            }
+        }
+        frontends.sort();
+
+        // The scheduler from the rule that applies it; the comment only when there is no such rule.
+        let scheduler = rules
+            .iter()
+            .find_map(|x| x.expr.iter().find_map(scheduler_of))
+            .or_else(|| note.and_then(|n| note_field(n, "scheduler")).and_then(|s| s.parse().ok()))
+            .unwrap_or(Scheduler::Random);
+        let affinity_timeout_seconds =
+            p.sets.values().next().copied().or_else(|| note.and_then(|n| note_field(n, "affinity")?.parse().ok()));
+
+        let mut backends = Vec::new();
+        for chain in p.chains.iter().filter(|c| c.starts_with("endpoint-")) {
+            let Some((ip, port)) = l.chains[chain].iter().find_map(|x| x.expr.iter().find_map(dnat_of)) else {
+                continue;
+            };
+            let (packets, bytes) = l.counters.get(chain).copied().unwrap_or_default();
+            let connections = l.counters.get(&names::connections_counter(chain)).map_or(0, |c| c.0);
+            backends.push(DumpBackend { ip, port, packets, bytes, connections });
+        }
+        backends.sort();
+        services.push(DumpService {
+            namespace: name.namespace,
+            name: name.name,
+            port: name.port,
+            protocol: name.protocol,
+            frontends,
+            scheduler,
+            affinity_timeout_seconds,
+            backends,
+        });
+    }
+    Ok(Dump { services })
+}
+
+/// The scheduler a statement applies, if it is a scheduler's vmap.
+fn scheduler_of(stmt: &Value) -> Option<Scheduler> {
+    let key = stmt.get("vmap")?.get("key")?;
+    if let Some(ng) = key.get("numgen") {
+        return Some(if ng.get("mode")?.as_str()? == "inc" { Scheduler::Rr } else { Scheduler::Random });
+    }
+    let field = key.get("jhash")?.get("expr")?.get("payload")?.get("field")?.as_str()?;
+    Some(if field == "daddr" { Scheduler::Dh } else { Scheduler::Sh })
+}
+
+/// The address and port a statement DNATs to, if it is a DNAT.
+fn dnat_of(stmt: &Value) -> Option<(IpAddr, u16)> {
+    let d = stmt.get("dnat")?;
+    let ip = d.get("addr")?.as_str()?.parse().ok()?;
+    let port = u16::try_from(d.get("port")?.as_u64()?).ok()?;
+    Some((ip, port))
+}

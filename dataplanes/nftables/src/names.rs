@@ -1,0 +1,110 @@
+//! Names of the kernel objects Switchyard owns, and parsing them back.
+//!
+//! Names are readable (`service-default/web/tcp/http`, `endpoint-default/web/tcp/http__10.244.0.5/8080`) so
+//! that `nft list table ip switchyard` explains itself. Namespaces, Service names and port names are DNS
+//! labels, so `/` and `__` never occur inside them and the names parse back unambiguously.
+
+use std::net::IpAddr;
+
+use switchyard_model::{Protocol, ServicePortName};
+
+/// The table every family's objects live in.
+pub const TABLE: &str = "switchyard";
+
+/// The shared maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MapName {
+    /// address . protocol . port -> verdict, for Service ports with backends.
+    ServiceIps,
+    /// protocol . port -> verdict, NodePorts with backends.
+    ServiceNodeports,
+    /// address . protocol . port -> verdict, for Service ports without backends (reject).
+    NoEndpointServices,
+    /// protocol . port -> verdict, NodePorts without backends (reject).
+    NoEndpointNodeports,
+    /// conntrack mark -> the backend's traffic counter.
+    BackendCounters,
+}
+
+impl MapName {
+    /// Every map.
+    pub const ALL: [MapName; 5] = [
+        MapName::ServiceIps,
+        MapName::ServiceNodeports,
+        MapName::NoEndpointServices,
+        MapName::NoEndpointNodeports,
+        MapName::BackendCounters,
+    ];
+
+    /// The map's name in the table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MapName::ServiceIps => "service-ips",
+            MapName::ServiceNodeports => "service-nodeports",
+            MapName::NoEndpointServices => "no-endpoint-services",
+            MapName::NoEndpointNodeports => "no-endpoint-nodeports",
+            MapName::BackendCounters => "backend-counters",
+        }
+    }
+
+    /// The map of a name.
+    pub fn parse(s: &str) -> Option<Self> {
+        MapName::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+/// `namespace/name/protocol/port`; an unnamed port is written `-` (never a valid port name).
+pub fn service_key(n: &ServicePortName) -> String {
+    let port = if n.port.is_empty() { "-" } else { n.port.as_str() };
+    format!("{}/{}/{}/{}", n.namespace, n.name, n.protocol.as_str(), port)
+}
+
+/// Parses [`service_key`] back.
+pub fn parse_service_key(key: &str) -> Option<ServicePortName> {
+    let mut it = key.split('/');
+    let (namespace, name, protocol, port) = (it.next()?, it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() {
+        return None;
+    }
+    Some(ServicePortName {
+        namespace: namespace.into(),
+        name: name.into(),
+        protocol: Protocol::parse(protocol)?,
+        port: if port == "-" { String::new() } else { port.into() },
+    })
+}
+
+/// The chain for cluster traffic of a Service port.
+pub fn service_chain(key: &str) -> String {
+    format!("service-{key}")
+}
+
+/// The chain for external traffic of a Service port.
+pub fn external_chain(key: &str) -> String {
+    format!("external-{key}")
+}
+
+/// The chain (and traffic counter) of one backend of a Service port. IPv6 colons become dots, since nft
+/// names cannot hold colons.
+pub fn endpoint(key: &str, ip: IpAddr, port: u16) -> String {
+    format!("endpoint-{key}__{}/{port}", ip.to_string().replace(':', "."))
+}
+
+/// The connection counter of a backend.
+pub fn connections_counter(endpoint: &str) -> String {
+    format!("connections-{}", endpoint.trim_start_matches("endpoint-"))
+}
+
+/// The ClientIP affinity set of a backend.
+pub fn affinity_set(endpoint: &str) -> String {
+    format!("affinity-{}", endpoint.trim_start_matches("endpoint-"))
+}
+
+/// The Service key an object name belongs to, for any of the per-Service-port objects above.
+pub fn owner_key(name: &str) -> Option<&str> {
+    let rest = ["service-", "external-", "endpoint-", "connections-", "affinity-"]
+        .iter()
+        .find_map(|p| name.strip_prefix(p))?;
+    let key = rest.split("__").next()?;
+    parse_service_key(key).map(|_| key)
+}

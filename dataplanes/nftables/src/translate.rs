@@ -1,0 +1,310 @@
+//! Pure translation: a [`ServicePlan`] to the nftables objects that implement it, and the static skeleton
+//! of Switchyard's table. No I/O happens here.
+//!
+//! Layout of the table (one per family, `ip switchyard` / `ip6 switchyard`):
+//! - verdict maps `service-ips` (address . protocol . port) and `service-nodeports` (protocol . port)
+//!   dispatch new connections from the `nat-prerouting` / `nat-output` hooks to a Service port's chains, so the
+//!   cost of a packet does not grow with the number of Services;
+//! - maps `no-endpoint-services` / `no-endpoint-nodeports`, consulted from the filter hooks, send new
+//!   connections to Service ports without endpoints to a chain that rejects them;
+//! - per Service port `K` (`namespace/name/protocol/port`): chain `service-K` (cluster traffic: masquerade
+//!   rules, affinity, the scheduler's rule), chain `external-K` (NodePort/externalIP/LB traffic) and per
+//!   backend a chain `endpoint-K__IP/PORT` that marks hairpin traffic, records affinity, tags the
+//!   connection with the backend's conntrack mark and DNATs;
+//! - named counters `endpoint-K__IP/PORT` (packets and bytes both ways, counted in `accounting-*` through the
+//!   `backend-counters` map keyed by conntrack mark) and `connections-K__IP/PORT` (new connections);
+//! - per backend, when the Service has ClientIP affinity, a timeout set `affinity-K__IP/PORT` of client
+//!   addresses.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use switchyard_model::{Backend, Family, FrontendKind, Scheduler, ServicePlan};
+
+use crate::names::{self, MapName};
+
+/// The masquerade mark, the same bit kube-proxy uses.
+pub const MASQUERADE_MARK: u32 = 0x4000;
+/// Prefix of the comment that carries a Service port's fingerprint on the last rule of its `service-` chain.
+pub const FINGERPRINT_PREFIX: &str = "sy fp=";
+
+/// Node-wide settings that shape the rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Masquerade all traffic to Services (`--masquerade-all`).
+    pub masquerade_all: bool,
+    /// Pod CIDRs of the cluster (`--cluster-cidr`); traffic to a ClusterIP from outside them is masqueraded.
+    pub cluster_cidrs: Vec<IpNet>,
+}
+
+/// Everything one Service port owns in one family's table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceObjects {
+    /// Chains and their rules, in order.
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// Affinity sets and their timeout in seconds.
+    pub sets: BTreeMap<String, u32>,
+    /// Named counters.
+    pub counters: BTreeSet<String>,
+    /// Elements of the shared maps: (map, key) -> value (with its comment), all as nft syntax.
+    pub elements: BTreeMap<(MapName, String), String>,
+    /// Hash of all of the above, stored in the kernel to recognise an unchanged Service port after a restart.
+    pub fingerprint: u64,
+}
+
+/// Translates one plan. `mark_of` gives the conntrack mark of each backend's endpoint chain name.
+pub fn service(plan: &ServicePlan, settings: &Settings, mark_of: &mut dyn FnMut(&str) -> u32) -> ServiceObjects {
+    let f = Fam(plan.family);
+    let key = names::service_key(&plan.name);
+    let svc_chain = names::service_chain(&key);
+    let ext_chain = names::external_chain(&key);
+    let proto = plan.name.protocol.as_str();
+    let mut o = ServiceObjects::default();
+
+    // Endpoint chains, counters and affinity sets for every backend of any traffic class.
+    for b in plan.all_backends() {
+        let ep = names::endpoint(&key, b.ip, b.port);
+        let mut rules = vec![format!("{} saddr {} jump mark-for-masquerade", f.ip(), b.ip)];
+        if let Some(timeout) = plan.affinity_timeout {
+            let set = names::affinity_set(&ep);
+            rules.push(format!("update @{set} {{ {} saddr }}", f.ip()));
+            o.sets.insert(set, timeout);
+        }
+        let mark = mark_of(&ep);
+        let conns = names::connections_counter(&ep);
+        rules.push(format!("ct mark set {mark:#010x} counter name \"{conns}\""));
+        rules.push(format!("meta l4proto {proto} dnat to {}", f.sockaddr(b.ip, b.port)));
+        o.elements.insert((MapName::BackendCounters, mark.to_string()), format!(": \"{ep}\""));
+        o.counters.insert(ep.clone());
+        o.counters.insert(conns);
+        o.chains.insert(ep, rules);
+    }
+
+    // The cluster path.
+    let mut svc_rules = Vec::new();
+    if !plan.cluster_backends.is_empty() {
+        if settings.masquerade_all {
+            svc_rules.push("jump mark-for-masquerade".to_string());
+        } else {
+            let cidrs: Vec<String> =
+                settings.cluster_cidrs.iter().filter(|c| Family::of(&c.addr()) == plan.family).map(|c| c.to_string()).collect();
+            if !cidrs.is_empty() {
+                svc_rules.push(format!("{} saddr != {{ {} }} jump mark-for-masquerade", f.ip(), cidrs.join(", ")));
+            }
+        }
+        balance(&mut svc_rules, plan, &key, &plan.cluster_backends, f);
+    } else {
+        // Reached only from the filter hooks through the no-endpoint maps.
+        svc_rules.push("reject".to_string());
+    }
+
+    // The external path.
+    let has_external = plan.frontends(true).next().is_some();
+    if has_external && !plan.external_backends.is_empty() {
+        let mut rules = Vec::new();
+        if plan.masquerade_external || settings.masquerade_all {
+            rules.push("jump mark-for-masquerade".to_string());
+        }
+        if plan.external_backends == plan.cluster_backends {
+            rules.push(format!("goto {svc_chain}"));
+        } else {
+            balance(&mut rules, plan, &key, &plan.external_backends, f);
+        }
+        o.chains.insert(ext_chain.clone(), rules);
+    } else if has_external && !plan.cluster_backends.is_empty() {
+        // External traffic has no backend while cluster traffic has: drop it, as kube-proxy does.
+        o.chains.insert(ext_chain.clone(), vec!["drop".to_string()]);
+    }
+
+    // Dispatch elements.
+    for fe in &plan.frontends {
+        let external = fe.kind.is_external();
+        let backends = if external { &plan.external_backends } else { &plan.cluster_backends };
+        let target = if external { &ext_chain } else { &svc_chain };
+        let comment = fe.kind.as_str();
+        let (live, dead, k) = if fe.kind == FrontendKind::NodePort {
+            (MapName::ServiceNodeports, MapName::NoEndpointNodeports, format!("{proto} . {}", fe.port))
+        } else {
+            (MapName::ServiceIps, MapName::NoEndpointServices, format!("{} . {proto} . {}", fe.ip, fe.port))
+        };
+        if !backends.is_empty() || o.chains.contains_key(target) {
+            o.elements.insert((live, k), format!("comment \"{comment}\" : goto {target}"));
+        } else {
+            o.elements.insert((dead, k), format!("comment \"{comment}\" : goto {svc_chain}"));
+        }
+    }
+
+    o.fingerprint = fingerprint(&o);
+    let note = format!(
+        "{FINGERPRINT_PREFIX}{:016x} scheduler={} affinity={}",
+        o.fingerprint,
+        plan.scheduler,
+        plan.affinity_timeout.map_or("none".to_string(), |t| t.to_string())
+    );
+    if let Some(last) = svc_rules.last_mut() {
+        write!(last, " comment \"{note}\"").expect("write to String");
+    }
+    o.chains.insert(svc_chain, svc_rules);
+    o
+}
+
+/// Appends the affinity rules and the scheduler's rule over `backends` to `rules`.
+fn balance(rules: &mut Vec<String>, plan: &ServicePlan, key: &str, backends: &[Backend], f: Fam) {
+    let eps: Vec<String> = backends.iter().map(|b| names::endpoint(key, b.ip, b.port)).collect();
+    if plan.affinity_timeout.is_some() {
+        for ep in &eps {
+            rules.push(format!("{} saddr @{} goto {ep}", f.ip(), names::affinity_set(ep)));
+        }
+    }
+    let n = eps.len();
+    let seed = (fnv1a(key.as_bytes()) & 0xffff_ffff) as u32;
+    let selector = match plan.scheduler {
+        Scheduler::Rr => format!("numgen inc mod {n}"),
+        Scheduler::Sh => format!("jhash {} saddr mod {n} seed {seed:#010x}", f.ip()),
+        Scheduler::Dh => format!("jhash {} daddr mod {n} seed {seed:#010x}", f.ip()),
+        // The model only asks for schedulers this dataplane supports; anything else is random.
+        _ => format!("numgen random mod {n}"),
+    };
+    let arms: Vec<String> = eps.iter().enumerate().map(|(i, ep)| format!("{i} : goto {ep}")).collect();
+    rules.push(format!("{selector} vmap {{ {} }}", arms.join(", ")));
+}
+
+/// Stable 64-bit FNV-1a: the fingerprint must not change between builds or runs.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn fingerprint(o: &ServiceObjects) -> u64 {
+    let mut text = String::new();
+    for (name, rules) in &o.chains {
+        writeln!(text, "chain {name}").expect("write to String");
+        for r in rules {
+            writeln!(text, "  {r}").expect("write to String");
+        }
+    }
+    for (name, t) in &o.sets {
+        writeln!(text, "set {name} {t}").expect("write to String");
+    }
+    for name in &o.counters {
+        writeln!(text, "counter {name}").expect("write to String");
+    }
+    for ((map, k), v) in &o.elements {
+        writeln!(text, "element {} {k} {v}", map.as_str()).expect("write to String");
+    }
+    fnv1a(text.as_bytes())
+}
+
+/// The static part of a family's table: hooks, dispatch maps and helper chains. Applying it again is
+/// harmless: maps are created if missing and the static chains are replaced atomically.
+pub fn skeleton(family: Family, table: &str) -> String {
+    let f = Fam(family);
+    let (fam, ip, addr_type, loopback) = (f.table_family(), f.ip(), f.addr_type(), f.loopback());
+    let t = format!("{fam} {table}");
+    let mut s = format!("add table {t}\n");
+    for (map, ty) in [
+        (MapName::ServiceIps, format!("{addr_type} . inet_proto . inet_service : verdict")),
+        (MapName::ServiceNodeports, "inet_proto . inet_service : verdict".to_string()),
+        (MapName::NoEndpointServices, format!("{addr_type} . inet_proto . inet_service : verdict")),
+        (MapName::NoEndpointNodeports, "inet_proto . inet_service : verdict".to_string()),
+        (MapName::BackendCounters, "mark : counter".to_string()),
+    ] {
+        writeln!(s, "add map {t} {} {{ type {ty}; }}", map.as_str()).expect("write to String");
+    }
+    let accounting = format!(
+        "ct mark != 0 ct status dnat counter name ct mark map @{}",
+        MapName::BackendCounters.as_str()
+    );
+    let nodeport_match = format!("fib daddr type local {ip} daddr != {loopback} meta l4proto . th dport");
+    let chains: Vec<(&str, Option<String>, Vec<String>)> = vec![
+        ("nat-prerouting", Some("type nat hook prerouting priority -100".into()), vec!["jump services".into()]),
+        ("nat-output", Some("type nat hook output priority -100".into()), vec!["jump services".into()]),
+        ("nat-postrouting", Some("type nat hook postrouting priority 100".into()), vec!["jump masquerading".into()]),
+        ("filter-input", Some("type filter hook input priority -110".into()), vec!["ct state new jump endpoints-check".into()]),
+        ("filter-forward", Some("type filter hook forward priority -110".into()), vec!["ct state new jump endpoints-check".into()]),
+        ("filter-output", Some("type filter hook output priority -110".into()), vec!["ct state new jump endpoints-check".into()]),
+        ("accounting-prerouting", Some("type filter hook prerouting priority -90".into()), vec![accounting.clone()]),
+        ("accounting-output", Some("type filter hook output priority -90".into()), vec![accounting]),
+        (
+            "services",
+            None,
+            vec![
+                format!("{ip} daddr . meta l4proto . th dport vmap @{}", MapName::ServiceIps.as_str()),
+                format!("{nodeport_match} vmap @{}", MapName::ServiceNodeports.as_str()),
+            ],
+        ),
+        (
+            "endpoints-check",
+            None,
+            vec![
+                format!("{ip} daddr . meta l4proto . th dport vmap @{}", MapName::NoEndpointServices.as_str()),
+                format!("{nodeport_match} vmap @{}", MapName::NoEndpointNodeports.as_str()),
+            ],
+        ),
+        ("mark-for-masquerade", None, vec![format!("meta mark set meta mark or {MASQUERADE_MARK:#x}")]),
+        (
+            "masquerading",
+            None,
+            vec![
+                format!("meta mark & {MASQUERADE_MARK:#x} == 0 return"),
+                format!("meta mark set meta mark xor {MASQUERADE_MARK:#x}"),
+                "masquerade fully-random".into(),
+            ],
+        ),
+    ];
+    // Declare every chain before any rule jumps to one.
+    for (name, hook, _) in &chains {
+        match hook {
+            Some(h) => writeln!(s, "add chain {t} {name} {{ {h}; policy accept; }}"),
+            None => writeln!(s, "add chain {t} {name}"),
+        }
+        .expect("write to String");
+    }
+    for (name, _, rules) in chains {
+        writeln!(s, "flush chain {t} {name}").expect("write to String");
+        for r in rules {
+            writeln!(s, "add rule {t} {name} {r}").expect("write to String");
+        }
+    }
+    s
+}
+
+/// Family-specific spelling.
+#[derive(Clone, Copy)]
+pub(crate) struct Fam(pub Family);
+
+impl Fam {
+    pub(crate) fn table_family(self) -> &'static str {
+        match self.0 {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+    fn ip(self) -> &'static str {
+        self.table_family()
+    }
+    fn addr_type(self) -> &'static str {
+        match self.0 {
+            Family::V4 => "ipv4_addr",
+            Family::V6 => "ipv6_addr",
+        }
+    }
+    fn loopback(self) -> &'static str {
+        match self.0 {
+            Family::V4 => "127.0.0.0/8",
+            Family::V6 => "::1",
+        }
+    }
+    fn sockaddr(self, ip: IpAddr, port: u16) -> String {
+        match self.0 {
+            Family::V4 => format!("{ip}:{port}"),
+            Family::V6 => format!("[{ip}]:{port}"),
+        }
+    }
+}
