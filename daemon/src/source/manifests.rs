@@ -10,10 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use notify::Watcher as _;
-use serde::Deserialize as _;
+use switchyard_model::manifest::{self, Skipped};
 use switchyard_model::store::{Event, Kind, Object, ObjectKey};
 use tracing::{debug, info, warn};
 
@@ -22,49 +20,21 @@ const POLL: Duration = Duration::from_secs(2);
 
 /// Parses one file's documents into objects. Bad documents and other kinds are logged and skipped.
 pub fn parse_file(path: &Path, text: &str) -> Vec<Object> {
-    let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = match serde_yaml::Value::deserialize(doc) {
-            Ok(serde_yaml::Value::Null) => continue,
-            Ok(v) => v,
-            Err(e) => {
-                warn!(file = %path.display(), document = i, error = %e, "manifest does not parse; skipped");
-                // A YAML syntax error ends the stream: nothing after it can be read reliably.
-                break;
+    let (objects, skipped) = manifest::parse(text);
+    for (document, why) in skipped {
+        match why {
+            Skipped::Syntax(error) => {
+                warn!(file = %path.display(), document, %error, "manifest does not parse; the rest of the file is skipped")
             }
-        };
-        let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-        let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-        let parsed = match (api_version.as_str(), kind.as_str()) {
-            ("v1", "Service") => serde_yaml::from_value::<Service>(value).map(|mut s| {
-                default_namespace(&mut s.metadata);
-                Object::Service(Box::new(s))
-            }),
-            ("discovery.k8s.io/v1", "EndpointSlice") => serde_yaml::from_value::<EndpointSlice>(value).map(|mut s| {
-                default_namespace(&mut s.metadata);
-                Object::EndpointSlice(Box::new(s))
-            }),
-            ("v1", "Node") => serde_yaml::from_value::<Node>(value).map(|n| Object::Node(Box::new(n))),
-            _ => {
-                info!(file = %path.display(), document = i, %api_version, %kind, "not a Service, EndpointSlice or Node; skipped");
-                continue;
+            Skipped::OtherKind { api_version, kind } => {
+                info!(file = %path.display(), document, %api_version, %kind, "not a Service, EndpointSlice or Node; skipped")
             }
-        };
-        match parsed {
-            Ok(obj) if obj.key().name.is_empty() => {
-                warn!(file = %path.display(), document = i, %kind, "object without metadata.name; skipped")
+            Skipped::Invalid { kind, error } => {
+                warn!(file = %path.display(), document, %kind, %error, "invalid object; skipped")
             }
-            Ok(obj) => out.push(obj),
-            Err(e) => warn!(file = %path.display(), document = i, %kind, error = %e, "invalid object; skipped"),
         }
     }
-    out
-}
-
-fn default_namespace(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
-    if meta.namespace.as_deref().unwrap_or("").is_empty() {
-        meta.namespace = Some("default".into());
-    }
+    objects
 }
 
 /// What a file held when last read.

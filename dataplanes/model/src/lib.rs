@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod dataplane;
+pub mod manifest;
 pub mod plan;
 pub mod store;
 mod types;

@@ -238,7 +238,8 @@ pub fn plan_service(
     }
     problems.append(&mut slice_problems);
     // The same slice is read once per port and family: report each of its problems once.
-    problems.dedup();
+    let mut seen = BTreeSet::new();
+    problems.retain(|p| seen.insert(p.to_string()));
     (plans, problems)
 }
 

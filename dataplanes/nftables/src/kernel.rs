@@ -18,22 +18,32 @@ pub trait Nft: Send + Sync + std::fmt::Debug {
     fn list(&self, what: &str, family: &str, table: &str) -> Result<Option<String>, Error>;
 }
 
-/// The real thing: the `nft` binary (nftables 1.0 or later) of the current network namespace.
+/// The real thing: the `nft` binary (nftables 1.0 or later) of the current network namespace, or of a named
+/// one (`ip netns exec NAME nft`, for tests).
 #[derive(Debug, Clone)]
 pub struct NftCommand {
     /// Path or name of the binary.
     pub binary: String,
+    /// A network namespace (as `ip netns` names it) to run in instead of the current one.
+    pub netns: Option<String>,
 }
 
 impl Default for NftCommand {
     fn default() -> Self {
-        NftCommand { binary: "nft".into() }
+        NftCommand { binary: "nft".into(), netns: None }
     }
 }
 
 impl NftCommand {
     fn command(&self) -> Command {
-        let mut c = Command::new(&self.binary);
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, &self.binary]);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
         c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         c
     }

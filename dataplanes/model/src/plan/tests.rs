@@ -1,1 +1,228 @@
+use super::*;
+use crate::manifest;
+use crate::store::Object;
 
+fn objects(yaml: &str) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let (objs, skipped) = manifest::parse(yaml);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let mut svcs = Vec::new();
+    let mut slices = Vec::new();
+    for o in objs {
+        match o {
+            Object::Service(s) => svcs.push(*s),
+            Object::EndpointSlice(s) => slices.push(*s),
+            Object::Node(_) => {}
+        }
+    }
+    (svcs, slices)
+}
+
+fn plan(yaml: &str, opts: &PlanOptions) -> (Vec<ServicePlan>, Vec<Problem>) {
+    let (svcs, slices) = objects(yaml);
+    let refs: Vec<&EndpointSlice> = slices.iter().collect();
+    plan_service(&svcs[0], &refs, None, opts)
+}
+
+fn opts() -> PlanOptions {
+    PlanOptions::new("node-a")
+}
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo, annotations: {switchyard.io/scheduler: rr}}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.10
+  externalIPs: [192.0.2.7]
+  ports:
+  - {name: http, port: 80, targetPort: 8080, nodePort: 30080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.0.3], conditions: {ready: true}, nodeName: node-a, zone: z1}
+- {addresses: [10.244.0.2]}
+- {addresses: [10.244.0.4], conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [10.244.0.5], conditions: {ready: false, serving: false}}
+"#;
+
+/// A NodePort Service gets ClusterIP, externalIP and NodePort frontends, and only ready backends, sorted.
+#[test]
+fn frontends_and_ready_backends() {
+    let (plans, problems) = plan(WEB, &opts());
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(plans.len(), 1);
+    let p = &plans[0];
+    assert_eq!(p.name.to_string(), "demo/web:http/tcp");
+    assert_eq!(p.scheduler, Scheduler::Rr);
+    let fe: Vec<String> = p.frontends.iter().map(|f| format!("{} {}:{}", f.kind.as_str(), f.ip, f.port)).collect();
+    assert_eq!(fe, ["ClusterIP 10.96.0.10:80", "NodePort 0.0.0.0:30080", "ExternalIP 192.0.2.7:80"]);
+    let be: Vec<String> = p.cluster_backends.iter().map(Backend::addr).collect();
+    assert_eq!(be, ["10.244.0.2:8080", "10.244.0.3:8080"]);
+    assert_eq!(p.cluster_backends, p.external_backends);
+    assert_eq!(p.cluster_backends[1].zone.as_deref(), Some("z1"));
+    assert!(p.masquerade_external);
+}
+
+/// With no ready endpoint, serving terminating ones are used (kube-proxy's fallback); not-serving never.
+#[test]
+fn terminating_fallback() {
+    let yaml = WEB.replace("conditions: {ready: true}, ", "conditions: {ready: false, serving: false}, ").replace(
+        "- {addresses: [10.244.0.2]}",
+        "- {addresses: [10.244.0.2], conditions: {ready: false}}",
+    );
+    let (plans, _) = plan(&yaml, &opts());
+    let be: Vec<String> = plans[0].cluster_backends.iter().map(Backend::addr).collect();
+    assert_eq!(be, ["10.244.0.4:8080"]);
+}
+
+/// Services kube-proxy ignores produce no plans.
+#[test]
+fn ignored_services() {
+    for (from, to) in [
+        ("namespace: demo,", "namespace: demo, labels: {service.kubernetes.io/service-proxy-name: other},"),
+        ("namespace: demo,", "namespace: demo, labels: {service.kubernetes.io/headless: \"\"},"),
+        ("clusterIP: 10.96.0.10", "clusterIP: None"),
+        ("type: NodePort", "type: ExternalName"),
+    ] {
+        let (plans, _) = plan(&WEB.replacen(from, to, 1), &opts());
+        assert!(plans.is_empty(), "{to}");
+    }
+}
+
+/// Dual-stack Services give one plan per family, each with its family's addresses and endpoints only.
+#[test]
+fn dual_stack() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: ds, namespace: demo}
+spec:
+  clusterIP: 10.96.0.20
+  clusterIPs: [10.96.0.20, "fd00:96::20"]
+  ipFamilies: [IPv4, IPv6]
+  ports: [{port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ds-v4, namespace: demo, labels: {kubernetes.io/service-name: ds}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints: [{addresses: [10.244.0.2]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ds-v6, namespace: demo, labels: {kubernetes.io/service-name: ds}}
+addressType: IPv6
+ports: [{port: 8080}]
+endpoints: [{addresses: ["fd00:244::2"]}]
+"#;
+    let (plans, problems) = plan(yaml, &opts());
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(plans.len(), 2);
+    assert_eq!((plans[0].family, plans[1].family), (Family::V4, Family::V6));
+    assert_eq!(plans[1].frontends[0].ip.to_string(), "fd00:96::20");
+    assert_eq!(plans[1].cluster_backends[0].addr(), "[fd00:244::2]:8080");
+    assert_eq!(plans[0].cluster_backends[0].addr(), "10.244.0.2:8080");
+}
+
+/// Bad parts are skipped and reported; the rest of the Service is still planned.
+#[test]
+fn bad_input_is_reported_and_skipped() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: bad, namespace: demo, annotations: {switchyard.io/scheduler: fastest}}
+spec:
+  clusterIP: 10.96.0.30
+  clusterIPs: [10.96.0.30, 10.96.0.300]
+  externalIPs: [" 192.0.2.9 ", not-an-ip]
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}
+  ports:
+  - {name: a, port: 70000}
+  - {name: b, port: 81}
+  - {name: b, port: 82}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: bad-1, namespace: demo, labels: {kubernetes.io/service-name: bad}}
+addressType: IPv4
+ports: [{name: b, port: 8081}]
+endpoints: [{addresses: [10.244.0.2]}, {addresses: [999.1.1.1]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: bad-2, namespace: demo, labels: {kubernetes.io/service-name: bad}}
+addressType: IPv4
+ports: [{name: b, port: 8081}, {name: unknown, port: 9}]
+endpoints: [{addresses: [10.244.0.2]}, {addresses: [10.244.0.3]}]
+"#;
+    let (plans, problems) = plan(yaml, &opts());
+    let reasons: Vec<&str> = problems.iter().map(|p| p.reason).collect();
+    for r in [
+        "InvalidClusterIP",
+        "InvalidExternalIP",
+        "InvalidScheduler",
+        "InvalidAffinityTimeout",
+        "InvalidPort",
+        "DuplicatePort",
+        "InvalidEndpointAddress",
+        "DuplicateEndpoint",
+    ] {
+        assert!(reasons.contains(&r), "missing {r} in {reasons:?}");
+    }
+    assert_eq!(plans.len(), 1, "port b survives");
+    let p = &plans[0];
+    assert_eq!(p.frontends.iter().map(|f| f.ip.to_string()).collect::<Vec<_>>(), ["10.96.0.30", "192.0.2.9"]);
+    assert_eq!(p.affinity_timeout, Some(DEFAULT_AFFINITY_TIMEOUT));
+    assert_eq!(p.scheduler, Scheduler::Random);
+    let be: Vec<String> = p.cluster_backends.iter().map(Backend::addr).collect();
+    assert_eq!(be, ["10.244.0.2:8081", "10.244.0.3:8081"]);
+}
+
+/// A scheduler the dataplane cannot honour falls back to random, with a problem saying so.
+#[test]
+fn unsupported_scheduler_falls_back() {
+    let mut o = opts();
+    o.supported_schedulers = [Scheduler::Random, Scheduler::Sh].into_iter().collect();
+    let (plans, problems) = plan(WEB, &o);
+    assert_eq!(plans[0].scheduler, Scheduler::Random);
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].reason, "SchedulerRefused");
+}
+
+/// ClientIP affinity defaults to 10800 s and takes the configured timeout.
+#[test]
+fn affinity_timeouts() {
+    let with = WEB.replace("type: NodePort", "type: NodePort\n  sessionAffinity: ClientIP");
+    assert_eq!(plan(&with, &opts()).0[0].affinity_timeout, Some(10_800));
+    let custom = with.replace("sessionAffinity: ClientIP", "sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 5}}");
+    assert_eq!(plan(&custom, &opts()).0[0].affinity_timeout, Some(5));
+    assert_eq!(plan(WEB, &opts()).0[0].affinity_timeout, None);
+}
+
+/// LoadBalancer ingress IPs are frontends, except those with ipMode Proxy.
+#[test]
+fn load_balancer_ingress() {
+    let yaml = WEB.replace("type: NodePort", "type: LoadBalancer")
+        + "---\n"
+        + "";
+    let (svcs, _) = objects(&yaml);
+    let mut svc = svcs[0].clone();
+    svc.status = Some(serde_json::from_value(serde_json::json!({"loadBalancer": {"ingress": [
+        {"ip": "203.0.113.1"}, {"ip": "203.0.113.2", "ipMode": "Proxy"}, {"hostname": "lb.example"}]}})).unwrap());
+    let (plans, _) = plan_service(&svc, &[], None, &opts());
+    let lbs: Vec<String> = plans[0]
+        .frontends
+        .iter()
+        .filter(|f| f.kind == FrontendKind::LoadBalancer)
+        .map(|f| f.ip.to_string())
+        .collect();
+    assert_eq!(lbs, ["203.0.113.1"]);
+    assert!(plans[0].cluster_backends.is_empty(), "no slices given");
+}
