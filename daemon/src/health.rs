@@ -75,3 +75,6 @@ impl Health {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

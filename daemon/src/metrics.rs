@@ -145,3 +145,6 @@ pub fn backend_metrics(dump: &Dump) -> String {
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
+
+#[cfg(test)]
+mod tests;

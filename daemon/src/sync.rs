@@ -166,3 +166,6 @@ impl SyncLoop {
         Duration::from_secs(secs).min(MAX_BACKOFF)
     }
 }
+
+#[cfg(test)]
+mod tests;

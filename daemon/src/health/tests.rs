@@ -1,0 +1,18 @@
+use super::*;
+
+/// /healthz needs a first sync; /livez does not; both fail once a queued change is older than the timeout.
+#[test]
+fn kube_proxy_semantics() {
+    let h = Health::new(Duration::from_millis(50));
+    assert!(!h.report(true).healthy, "healthz: no sync yet");
+    assert!(h.report(false).healthy, "livez: start-up is a fresh queued change");
+    h.updated();
+    assert!(h.report(true).healthy && h.report(false).healthy);
+    assert!(!h.report(true).last_updated.is_empty());
+    h.queued();
+    assert!(h.report(true).healthy, "a fresh queued change is fine");
+    std::thread::sleep(Duration::from_millis(80));
+    assert!(!h.report(true).healthy && !h.report(false).healthy, "a stale queued change is not");
+    h.updated();
+    assert!(h.report(true).healthy);
+}
