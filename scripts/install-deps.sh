@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what Switchyard's build, tests and demo need on Debian 12 (as root): nftables, iproute2,
+# conntrack, socat and curl for the real-kernel tests and the demo, promtool (package prometheus) for the
+# metrics check. Safe to run again: it installs only what is missing.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have nft || need+=(nftables)
+have ip || need+=(iproute2)
+have conntrack || need+=(conntrack)
+have socat || need+=(socat)
+have curl || need+=(curl)
+have promtool || need+=(prometheus)
+
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: need root to install: ${need[*]}" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: cargo (Rust 1.85 or later) is needed; install it with rustup" >&2
+  exit 1
+fi
