@@ -10,7 +10,7 @@ pub mod listing;
 pub mod names;
 pub mod translate;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 
 use switchyard_model::dataplane::{Dataplane, Dump, Error, SyncReport};
@@ -61,14 +61,6 @@ impl TableState {
             }
         }
     }
-
-    /// Forgets marks of backends no programmed Service port has.
-    fn gc_marks(&mut self) {
-        let live: BTreeSet<&String> = self.services.values().flat_map(|p| p.counters.iter()).collect();
-        let marks = &mut self.marks;
-        marks.retain(|name, _| live.contains(name));
-        self.used_marks = marks.values().copied().collect();
-    }
 }
 
 impl NftablesDataplane {
@@ -117,45 +109,46 @@ impl NftablesDataplane {
             desired.values().filter(|p| p.family == family).map(|p| (names::service_key(&p.name), p)).collect()
         };
 
-        // Translate what changed; free the elements of everything being rewritten or removed first, so a
-        // Service that takes over an address from one removed in the same batch can claim it.
-        let mut owners = state.owners.clone();
-        for key in &todo {
-            if let Some(old) = state.services.get(key) {
-                for e in old.elements.keys() {
-                    owners.remove(e);
-                }
-            }
-        }
+        // Translate what changed. Elements of everything being rewritten or removed count as free, so a
+        // Service that takes over an address from one removed in the same batch can claim it. Only the
+        // changed Service ports are looked at: the cost is independent of the table's size.
+        let released: HashSet<(MapName, String)> =
+            todo.iter().filter_map(|k| state.services.get(k)).flat_map(|p| p.elements.keys().cloned()).collect();
+        let mut claimed: HashMap<(MapName, String), String> = HashMap::new();
         let mut work: Vec<(String, Option<ServiceObjects>, bool)> = Vec::new();
-        for key in todo {
-            let new = all_plans.get(&key).map(|p| translate::service(p, &settings, &mut |c| state.mark_of(c)));
+        for key in &todo {
+            let new = all_plans.get(key).map(|p| translate::service(p, &settings, &mut |c| state.mark_of(c)));
             let mut conflict = false;
             let new = new.map(|mut objects| {
-                objects.elements.retain(|e, _| match owners.get(e) {
-                    Some(other) if *other != key => {
-                        warn!(service = %key, other = %other, element = %e.1, map = e.0.as_str(),
-                            "address and port already used by another Service; not programmed for this one");
-                        conflict = true;
-                        false
-                    }
-                    _ => {
-                        owners.insert(e.clone(), key.clone());
-                        true
+                objects.elements.retain(|e, _| {
+                    let owner = claimed
+                        .get(e)
+                        .or_else(|| if released.contains(e) { None } else { state.owners.get(e) });
+                    match owner {
+                        Some(other) if other != key => {
+                            warn!(service = %key, other = %other, element = %e.1, map = e.0.as_str(),
+                                "address and port already used by another Service; not programmed for this one");
+                            conflict = true;
+                            false
+                        }
+                        _ => {
+                            claimed.insert(e.clone(), key.clone());
+                            true
+                        }
                     }
                 });
                 objects
             });
-            let old_fp = state.services.get(&key).and_then(|p| p.fingerprint);
+            let old_fp = state.services.get(key).and_then(|p| p.fingerprint);
             let unchanged = match &new {
-                Some(n) => !conflict && old_fp == Some(n.fingerprint) && !state.conflicted.contains(&key),
-                None => !state.services.contains_key(&key),
+                Some(n) => !conflict && old_fp == Some(n.fingerprint) && !state.conflicted.contains(key),
+                None => !state.services.contains_key(key),
             };
             if unchanged {
                 report.unchanged += 1;
                 continue;
             }
-            work.push((key, new, conflict));
+            work.push((key.clone(), new, conflict));
         }
         if work.is_empty() && state.skeleton_applied {
             return;
@@ -209,6 +202,12 @@ impl NftablesDataplane {
                         state.owners.remove(e);
                     }
                 }
+                let kept = new.as_ref().map(|n| &n.counters);
+                for c in old.counters.iter().filter(|c| !kept.is_some_and(|k| k.contains(*c))) {
+                    if let Some(m) = state.marks.remove(c) {
+                        state.used_marks.remove(&m);
+                    }
+                }
             }
             match new {
                 Some(n) => {
@@ -231,7 +230,6 @@ impl NftablesDataplane {
                 }
             }
         }
-        state.gc_marks();
     }
 }
 
