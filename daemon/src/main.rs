@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the daemon: watch Services and EndpointSlices and program this node's kernel.
-    Run(RunFlags),
+    Run(Box<RunFlags>),
     /// Print what is programmed in the kernel of this network namespace, with counters.
     Dump {
         /// Output format.

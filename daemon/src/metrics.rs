@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Gauge, Opts, Registry, TextEncoder};
-use switchyard_model::dataplane::Dump;
+use switchyard_model::dataplane::{Dump, DumpBackend};
 
 /// The daemon's metrics.
 #[derive(Clone, Debug)]
@@ -114,7 +114,8 @@ impl Metrics {
 /// `switchyard_backend_{packets,bytes,connections}_total` for every backend in the dump.
 pub fn backend_metrics(dump: &Dump) -> String {
     let mut out = String::new();
-    let families: [(&str, &str, fn(&switchyard_model::dataplane::DumpBackend) -> u64); 3] = [
+    type Field = fn(&DumpBackend) -> u64;
+    let families: [(&str, &str, Field); 3] = [
         ("switchyard_backend_packets_total", "Packets to and from a backend through a Service port", |b| b.packets),
         ("switchyard_backend_bytes_total", "Bytes to and from a backend through a Service port", |b| b.bytes),
         ("switchyard_backend_connections_total", "Connections sent to a backend through a Service port", |b| {
