@@ -1,0 +1,389 @@
+//! Real traffic for the netns tests: backend servers inside pod namespaces and clients in any namespace.
+//!
+//! Servers are threads, not processes. Each one answers every TCP connection (at once, on accept) and every
+//! UDP datagram with one line, `<name> <source ip>:<source port>`, so a test can tell which backend answered
+//! and which source address the backend saw (masqueraded or not). On a TCP connection, each line the client
+//! sends later is answered with `<name> <source> <line>`.
+//!
+//! Clients report an [`Outcome`]: answered (by whom, seen source), refused (ECONNREFUSED, with how long it
+//! took, so "refused at once" can be told from a timeout), or timed out. Every wait is bounded.
+
+use std::fmt;
+use std::io::{self, BufRead, BufReader, ErrorKind, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::netns::Netns;
+
+/// How long clients wait by default, for the connection and then for the answer.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often server loops look at their stop flag.
+const POLL: Duration = Duration::from_millis(2);
+
+/// What a server said: who it is and the source it saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The server's name (a pod name by default).
+    pub by: String,
+    /// The client address the server saw (after any NAT).
+    pub source: SocketAddr,
+    /// Anything after the source on the answer line (the echoed message, for [`HeldConnection::exchange`]).
+    pub rest: String,
+}
+
+impl Answer {
+    fn parse(line: &str) -> Option<Answer> {
+        let mut parts = line.trim_end().splitn(3, ' ');
+        let by = parts.next()?.to_string();
+        let source = parts.next()?.parse().ok()?;
+        let rest = parts.next().unwrap_or("").to_string();
+        Some(Answer { by, source, rest })
+    }
+}
+
+/// What one client attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A server answered.
+    Answered(Answer),
+    /// The connection was refused (ECONNREFUSED: a TCP RST or an ICMP unreachable) after this long.
+    Refused(Duration),
+    /// Nothing came back within the timeout.
+    Timeout,
+    /// Anything else (another socket error, a malformed answer).
+    Error(String),
+}
+
+impl Outcome {
+    /// The answering server's name; panics with the outcome otherwise.
+    pub fn by(&self) -> &str {
+        match self {
+            Outcome::Answered(a) => &a.by,
+            other => panic!("expected an answer, got {other}"),
+        }
+    }
+
+    /// The answer; panics with the outcome otherwise.
+    pub fn answer(&self) -> &Answer {
+        match self {
+            Outcome::Answered(a) => a,
+            other => panic!("expected an answer, got {other}"),
+        }
+    }
+
+    /// Whether a server answered.
+    pub fn is_answered(&self) -> bool {
+        matches!(self, Outcome::Answered(_))
+    }
+
+    fn from_io(e: io::Error, started: Instant) -> Outcome {
+        match e.kind() {
+            ErrorKind::ConnectionRefused => Outcome::Refused(started.elapsed()),
+            ErrorKind::TimedOut | ErrorKind::WouldBlock => Outcome::Timeout,
+            _ => Outcome::Error(e.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Answered(a) => write!(f, "answered by {} (saw source {})", a.by, a.source),
+            Outcome::Refused(d) => write!(f, "refused after {d:?}"),
+            Outcome::Timeout => write!(f, "timed out"),
+            Outcome::Error(e) => write!(f, "error: {e}"),
+        }
+    }
+}
+
+/// A running backend server (TCP or UDP). Stops, and closes its sockets, when dropped.
+#[derive(Debug)]
+pub struct Server {
+    name: String,
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// The name the server answers with.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How many TCP connections or UDP datagrams it has answered.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts a TCP server named `name` inside `ns`, listening on `0.0.0.0:port`. Returns once it listens.
+pub fn tcp_server(ns: &Netns, name: &str, port: u16) -> Server {
+    let listener = ns
+        .run(|| TcpListener::bind(("0.0.0.0", port)))
+        .unwrap_or_else(|e| panic!("{name}: cannot listen on TCP port {port} in {}: {e}", ns.name()));
+    listener.set_nonblocking(true).expect("set_nonblocking");
+    let addr = listener.local_addr().expect("local_addr");
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let (n, st, sv) = (name.to_string(), stop.clone(), served.clone());
+    let thread = thread::Builder::new()
+        .name(format!("tcp-{name}"))
+        .spawn(move || {
+            let mut conns: Vec<JoinHandle<()>> = Vec::new();
+            while !st.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, peer)) => {
+                        sv.fetch_add(1, Ordering::Relaxed);
+                        let (n, st) = (n.clone(), st.clone());
+                        conns.push(thread::spawn(move || serve_tcp_conn(stream, peer, &n, &st)));
+                        conns.retain(|c| !c.is_finished());
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(POLL),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        eprintln!("{n}: accept failed: {e}");
+                        thread::sleep(POLL);
+                    }
+                }
+            }
+            for c in conns {
+                let _ = c.join();
+            }
+        })
+        .expect("cannot spawn a server thread");
+    Server { name: name.to_string(), addr, stop, served, thread: Some(thread) }
+}
+
+fn serve_tcp_conn(stream: TcpStream, peer: SocketAddr, name: &str, stop: &AtomicBool) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    if writeln!(writer, "{name} {peer}").is_err() {
+        return;
+    }
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) if line.ends_with('\n') => {
+                if writeln!(writer, "{name} {peer} {}", line.trim_end()).is_err() {
+                    return;
+                }
+                line.clear();
+            }
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Starts a UDP server named `name` inside `ns`, bound to `0.0.0.0:port`. Returns once it is bound.
+pub fn udp_server(ns: &Netns, name: &str, port: u16) -> Server {
+    let socket = ns
+        .run(|| UdpSocket::bind(("0.0.0.0", port)))
+        .unwrap_or_else(|e| panic!("{name}: cannot bind UDP port {port} in {}: {e}", ns.name()));
+    socket.set_read_timeout(Some(Duration::from_millis(50))).expect("set_read_timeout");
+    let addr = socket.local_addr().expect("local_addr");
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let (n, st, sv) = (name.to_string(), stop.clone(), served.clone());
+    let thread = thread::Builder::new()
+        .name(format!("udp-{name}"))
+        .spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !st.load(Ordering::Relaxed) {
+                // Errors are read timeouts (to look at the stop flag) or ICMP errors of earlier answers.
+                if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                    sv.fetch_add(1, Ordering::Relaxed);
+                    let _ = socket.send_to(format!("{n} {peer}\n").as_bytes(), peer);
+                }
+            }
+        })
+        .expect("cannot spawn a server thread");
+    Server { name: name.to_string(), addr, stop, served, thread: Some(thread) }
+}
+
+/// In the calling thread's namespace: connects to `addr` over TCP and reads the server's first line.
+pub fn tcp_request_here(addr: SocketAddr, timeout: Duration) -> Outcome {
+    let started = Instant::now();
+    let stream = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(s) => s,
+        Err(e) => return Outcome::from_io(e, started),
+    };
+    let remaining = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(10));
+    read_answer(&stream, remaining, started)
+}
+
+fn read_answer(stream: &TcpStream, timeout: Duration, started: Instant) -> Outcome {
+    if let Err(e) = stream.set_read_timeout(Some(timeout)) {
+        return Outcome::Error(e.to_string());
+    }
+    let mut line = String::new();
+    match BufReader::new(stream).read_line(&mut line) {
+        Ok(0) => Outcome::Error("connection closed before any answer".into()),
+        Ok(_) => match Answer::parse(&line) {
+            Some(a) => Outcome::Answered(a),
+            None => Outcome::Error(format!("malformed answer {line:?}")),
+        },
+        Err(e) => Outcome::from_io(e, started),
+    }
+}
+
+/// From `ns`: connects to `addr` over TCP and reads the server's first line.
+pub fn tcp_request(ns: &Netns, addr: SocketAddr, timeout: Duration) -> Outcome {
+    ns.run(|| tcp_request_here(addr, timeout))
+}
+
+/// From `ns`: `count` TCP requests, one after the other, each a new connection.
+pub fn tcp_requests(ns: &Netns, addr: SocketAddr, count: usize, timeout: Duration) -> Vec<Outcome> {
+    ns.run(|| (0..count).map(|_| tcp_request_here(addr, timeout)).collect())
+}
+
+/// In the calling thread's namespace: sends one datagram to `addr` from a fresh socket and waits for an answer.
+pub fn udp_request_here(addr: SocketAddr, timeout: Duration) -> Outcome {
+    match UdpClient::connect_here(addr) {
+        Ok(c) => c.request(timeout),
+        Err(e) => Outcome::Error(e.to_string()),
+    }
+}
+
+/// From `ns`: sends one datagram to `addr` from a fresh socket and waits for an answer.
+pub fn udp_request(ns: &Netns, addr: SocketAddr, timeout: Duration) -> Outcome {
+    ns.run(|| udp_request_here(addr, timeout))
+}
+
+/// A UDP client that keeps one connected socket (one source port), to send to the same address repeatedly.
+#[derive(Debug)]
+pub struct UdpClient {
+    socket: UdpSocket,
+}
+
+impl UdpClient {
+    /// Opens the socket inside `ns` and connects it to `addr`.
+    pub fn new(ns: &Netns, addr: SocketAddr) -> UdpClient {
+        ns.run(|| UdpClient::connect_here(addr))
+            .unwrap_or_else(|e| panic!("cannot open a UDP socket to {addr} in {}: {e}", ns.name()))
+    }
+
+    fn connect_here(addr: SocketAddr) -> io::Result<UdpClient> {
+        let socket = UdpSocket::bind(("0.0.0.0", 0))?;
+        socket.connect(addr)?;
+        Ok(UdpClient { socket })
+    }
+
+    /// The local address (source port) of the socket.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.socket.local_addr().expect("local_addr")
+    }
+
+    /// Sends one datagram and waits up to `timeout` for the answer. An ICMP unreachable gives `Refused`.
+    pub fn request(&self, timeout: Duration) -> Outcome {
+        let started = Instant::now();
+        if let Err(e) = self.socket.send(b"ping\n") {
+            return Outcome::from_io(e, started);
+        }
+        let mut buf = [0u8; 2048];
+        loop {
+            let remaining = timeout.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                return Outcome::Timeout;
+            }
+            if let Err(e) = self.socket.set_read_timeout(Some(remaining)) {
+                return Outcome::Error(e.to_string());
+            }
+            match self.socket.recv(&mut buf) {
+                Ok(n) => {
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    return match Answer::parse(&text) {
+                        Some(a) => Outcome::Answered(a),
+                        None => Outcome::Error(format!("malformed answer {text:?}")),
+                    };
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Outcome::from_io(e, started),
+            }
+        }
+    }
+}
+
+/// A TCP connection held open, to exchange messages on it later (e.g. across a daemon restart).
+#[derive(Debug)]
+pub struct HeldConnection {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+    /// The server's greeting: who answered and the source it saw.
+    pub greeting: Answer,
+}
+
+impl HeldConnection {
+    /// Connects from `ns` to `addr` and reads the greeting; panics (with the outcome) if no server answers.
+    pub fn open(ns: &Netns, addr: SocketAddr, timeout: Duration) -> HeldConnection {
+        let started = Instant::now();
+        let stream = ns.run(|| TcpStream::connect_timeout(&addr, timeout)).unwrap_or_else(|e| {
+            panic!("cannot connect to {addr} from {}: {}", ns.name(), Outcome::from_io(e, started))
+        });
+        stream.set_read_timeout(Some(timeout)).expect("set_read_timeout");
+        let mut reader = BufReader::new(stream.try_clone().expect("try_clone"));
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap_or_else(|e| panic!("no greeting from {addr}: {e}"));
+        let greeting = Answer::parse(&line).unwrap_or_else(|| panic!("malformed greeting {line:?} from {addr}"));
+        HeldConnection { stream, reader, greeting }
+    }
+
+    /// Sends `msg` (one line) and waits up to `timeout` for the server's answer to it.
+    pub fn exchange(&mut self, msg: &str, timeout: Duration) -> io::Result<Answer> {
+        assert!(!msg.contains('\n'), "one line only");
+        self.stream.set_read_timeout(Some(timeout))?;
+        writeln!(self.stream, "{msg}")?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        Answer::parse(&line).ok_or_else(|| io::Error::new(ErrorKind::InvalidData, format!("malformed answer {line:?}")))
+    }
+
+    /// The local (client) address of the connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local_addr")
+    }
+}
+
+/// Counts outcomes by answering server (`"refused"`, `"timeout"`, `"error"` for the others), sorted by name.
+pub fn tally(outcomes: &[Outcome]) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for o in outcomes {
+        let k = match o {
+            Outcome::Answered(a) => a.by.clone(),
+            Outcome::Refused(_) => "refused".into(),
+            Outcome::Timeout => "timeout".into(),
+            Outcome::Error(_) => "error".into(),
+        };
+        *m.entry(k).or_insert(0) += 1;
+    }
+    m
+}
