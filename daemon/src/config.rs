@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use ipnet::IpNet;
 use serde::Deserialize;
-use switchyard_model::Scheduler;
+use switchyard_model::{NodePortAddresses, Scheduler};
 
 /// Flags of `switchyard run`. Each may also be set in the `--config` file under the name in brackets;
 /// a flag given on the command line wins.
@@ -40,6 +40,17 @@ pub struct RunFlags {
     /// Masquerade all traffic sent to Services [masqueradeAll].
     #[arg(long)]
     pub masquerade_all: bool,
+    /// Where NodePorts are served: `primary` (the node's InternalIP of each family, kube-proxy's default)
+    /// or comma-separated CIDRs matched against the node's addresses (`0.0.0.0/0`: all) [nodePortAddresses].
+    #[arg(long, value_delimiter = ',')]
+    pub nodeport_addresses: Option<Vec<String>>,
+    /// Also serve IPv4 NodePorts on 127.0.0.1 (sets net.ipv4.conf.all.route_localnet=1) [localhostNodePorts].
+    #[arg(long)]
+    pub localhost_nodeports: bool,
+    /// The Service IP ranges, comma-separated: traffic to an address in them that no Service has is
+    /// dropped [serviceCIDR].
+    #[arg(long, value_delimiter = ',')]
+    pub service_cidr: Option<Vec<IpNet>>,
     /// Least time between two syncs; changes arriving faster are batched [minSyncPeriod]. Default 1s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub min_sync_period: Option<Duration>,
@@ -66,6 +77,12 @@ struct FileConfig {
     #[serde(rename = "clusterCIDR", default, deserialize_with = "cidrs")]
     cluster_cidr: Option<Vec<IpNet>>,
     masquerade_all: Option<bool>,
+    #[serde(rename = "nodePortAddresses")]
+    nodeport_addresses: Option<Vec<String>>,
+    #[serde(rename = "localhostNodePorts")]
+    localhost_nodeports: Option<bool>,
+    #[serde(rename = "serviceCIDR", default, deserialize_with = "cidrs")]
+    service_cidr: Option<Vec<IpNet>>,
     #[serde(default, with = "humantime_serde_opt")]
     min_sync_period: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -131,6 +148,12 @@ pub struct Config {
     pub cluster_cidrs: Vec<IpNet>,
     /// `--masquerade-all`.
     pub masquerade_all: bool,
+    /// `--nodeport-addresses`.
+    pub nodeport_addresses: NodePortAddresses,
+    /// `--localhost-nodeports`.
+    pub localhost_nodeports: bool,
+    /// `--service-cidr`.
+    pub service_cidrs: Vec<IpNet>,
     /// Least time between syncs.
     pub min_sync_period: Duration,
     /// Sync period (health timeout is twice this).
@@ -169,8 +192,20 @@ impl Config {
         if sync_period.is_zero() {
             bail!("syncPeriod must be positive");
         }
+        let nodeport_addresses = match flags.nodeport_addresses.clone().or(file.nodeport_addresses) {
+            None => NodePortAddresses::Primary,
+            Some(v) if v.len() == 1 && v[0].trim() == "primary" => NodePortAddresses::Primary,
+            Some(v) => NodePortAddresses::Cidrs(
+                v.iter()
+                    .map(|c| c.trim().parse::<IpNet>().with_context(|| format!("nodePortAddresses: {c:?} is not a CIDR")))
+                    .collect::<anyhow::Result<_>>()?,
+            ),
+        };
         Ok(Config {
             node_name,
+            nodeport_addresses,
+            localhost_nodeports: flags.localhost_nodeports || file.localhost_nodeports.unwrap_or(false),
+            service_cidrs: flags.service_cidr.clone().or(file.service_cidr).unwrap_or_default(),
             source,
             dataplane,
             scheduler: flags.scheduler.or(file.scheduler).unwrap_or(Scheduler::Random),

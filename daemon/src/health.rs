@@ -1,6 +1,7 @@
 //! Health as kube-proxy reports it: unhealthy when a queued change has waited longer than the timeout
-//! (twice the sync period). `/healthz` is also unhealthy until the first sync has been programmed, which
-//! makes it the DaemonSet's readiness probe; `/livez` is not, so a slow first list does not restart the pod.
+//! (twice the sync period). `/healthz` is also unhealthy until the first sync has been programmed (which
+//! makes it the DaemonSet's readiness probe) and while the Node is being deleted or tainted
+//! `ToBeDeletedByClusterAutoscaler`; `/livez` is neither, so a slow first list does not restart the pod.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -11,6 +12,7 @@ use serde::Serialize;
 struct State {
     oldest_queued: Option<SystemTime>,
     last_updated: Option<SystemTime>,
+    node_eligible: bool,
 }
 
 /// Shared health state, updated by the sync loop and read by the HTTP server.
@@ -28,7 +30,8 @@ pub struct Report {
     pub last_updated: String,
     /// Now, RFC 3339.
     pub current_time: String,
-    /// Whether the node may receive traffic (always true until Node eligibility is implemented).
+    /// Whether the node may receive new traffic: false while its Node is being deleted or is tainted
+    /// `ToBeDeletedByClusterAutoscaler`; `/healthz` then fails so load balancers drain the node.
     pub node_eligible: bool,
     /// Whether the first sync has been programmed.
     pub synced: bool,
@@ -41,7 +44,7 @@ impl Health {
     pub fn new(timeout: Duration) -> Self {
         Health {
             timeout,
-            state: Arc::new(Mutex::new(State { oldest_queued: Some(SystemTime::now()), last_updated: None })),
+            state: Arc::new(Mutex::new(State { oldest_queued: Some(SystemTime::now()), last_updated: None, node_eligible: true })),
         }
     }
 
@@ -58,7 +61,12 @@ impl Health {
         s.last_updated = Some(SystemTime::now());
     }
 
-    /// The report; `readiness` adds the first-sync requirement of /healthz.
+    /// Records whether the node may receive new traffic.
+    pub fn set_node_eligible(&self, eligible: bool) {
+        self.state.lock().expect("health lock").node_eligible = eligible;
+    }
+
+    /// The report; `readiness` adds the first-sync and node-eligibility requirements of /healthz.
     pub fn report(&self, readiness: bool) -> Report {
         let s = self.state.lock().expect("health lock");
         let now = SystemTime::now();
@@ -69,9 +77,9 @@ impl Health {
         Report {
             last_updated: s.last_updated.map(|t| humantime::format_rfc3339_seconds(t).to_string()).unwrap_or_default(),
             current_time: humantime::format_rfc3339_seconds(now).to_string(),
-            node_eligible: true,
+            node_eligible: s.node_eligible,
             synced,
-            healthy: fresh && (synced || !readiness),
+            healthy: fresh && (!readiness || (synced && s.node_eligible)),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod health;
+pub mod healthcheck;
 pub mod http;
 pub mod metrics;
 pub mod source;

@@ -96,7 +96,18 @@ fn run(config: Config) -> anyhow::Result<()> {
         node_name: config.node_name.clone(),
         default_scheduler: config.scheduler,
         supported_schedulers: Scheduler::ALL.into_iter().filter(|s| dp.supports(*s)).collect(),
+        nodeport_addresses: config.nodeport_addresses.clone(),
+        localhost_nodeports: config.localhost_nodeports,
+        service_cidrs: config.service_cidrs.clone(),
     };
+    if config.localhost_nodeports {
+        // DNAT of traffic to 127.0.0.1 towards another host needs the kernel to route loopback addresses.
+        let knob = "/proc/sys/net/ipv4/conf/all/route_localnet";
+        match std::fs::write(knob, "1") {
+            Ok(()) => info!(sysctl = "net.ipv4.conf.all.route_localnet", value = 1, "set for --localhost-nodeports"),
+            Err(e) => bail!("--localhost-nodeports needs {knob} = 1: {e}"),
+        }
+    }
     // A second instance only reads the kernel, for the per-backend metrics.
     let reader = dataplane(&config.dataplane, settings)?;
     let reader: Arc<std::sync::Mutex<Box<dyn Dataplane>>> = Arc::new(std::sync::Mutex::new(reader));
@@ -126,7 +137,9 @@ fn run(config: Config) -> anyhow::Result<()> {
             health.clone(),
             dump,
         );
-        let sync = SyncLoop::new(Store::new(options), dp, metrics, health, config.min_sync_period).run(rx);
+        let sync =
+            SyncLoop::new(Store::new(options), dp, metrics, health, config.min_sync_period, Box::new(interface_addresses))
+                .run(rx);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             r = server => { r.context("HTTP server")?; }
@@ -138,6 +151,23 @@ fn run(config: Config) -> anyhow::Result<()> {
     })?;
     // Do not wait for blocked tasks (a source may be mid-request): the rules stay as they are.
     std::process::exit(0)
+}
+
+/// This node's interface addresses, loopback and link-local excluded.
+fn interface_addresses() -> Vec<std::net::IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    addrs
+        .filter_map(|a| {
+            let sa = a.address?;
+            let ip: std::net::IpAddr = match (sa.as_sockaddr_in(), sa.as_sockaddr_in6()) {
+                (Some(v4), _) => std::net::Ipv4Addr::from(v4.ip()).into(),
+                (_, Some(v6)) => v6.ip().into(),
+                _ => return None,
+            };
+            let link_local = matches!(ip, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+            (!ip.is_loopback() && !link_local).then_some(ip)
+        })
+        .collect()
 }
 
 /// The human-readable dump.

@@ -12,13 +12,22 @@ use switchyard_model::PlanKey;
 use tokio::sync::mpsc::Receiver;
 use tracing::{info, warn};
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
 use crate::health::Health;
+use crate::healthcheck::{Entry, HealthChecks};
 use crate::metrics::Metrics;
+
+/// Reads this node's interface addresses (loopback excluded).
+pub type InterfaceReader = Box<dyn Fn() -> Vec<IpAddr> + Send>;
+
+/// How often interface addresses are read again (they shape the NodePort addresses).
+const INTERFACE_POLL: Duration = Duration::from_secs(5);
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The loop's state.
-#[derive(Debug)]
 pub struct SyncLoop {
     store: Store,
     dataplane: Box<dyn Dataplane>,
@@ -35,6 +44,19 @@ pub struct SyncLoop {
     /// When the oldest change not yet programmed arrived.
     oldest_change: Option<Instant>,
     failures: u32,
+    interfaces: InterfaceReader,
+    health_checks: Option<HealthChecks>,
+}
+
+impl std::fmt::Debug for SyncLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncLoop")
+            .field("dataplane", &self.dataplane)
+            .field("pending", &self.pending.len())
+            .field("restored", &self.restored)
+            .field("full", &self.full)
+            .finish_non_exhaustive()
+    }
 }
 
 fn unix_now() -> f64 {
@@ -49,8 +71,11 @@ impl SyncLoop {
         metrics: Metrics,
         health: Health,
         min_sync_period: Duration,
+        interfaces: InterfaceReader,
     ) -> Self {
         SyncLoop {
+            interfaces,
+            health_checks: None,
             store,
             dataplane,
             metrics,
@@ -68,9 +93,18 @@ impl SyncLoop {
     /// Runs until every sender of `rx` is gone.
     pub async fn run(mut self, mut rx: Receiver<Event>) {
         let mut next: Option<Instant> = None;
+        self.health_checks = Some(HealthChecks::new(self.health.clone()));
+        let mut poll = tokio::time::interval(INTERFACE_POLL);
         loop {
             let deadline = next.map(tokio::time::Instant::from_std);
             tokio::select! {
+                _ = poll.tick() => {
+                    let addrs = (self.interfaces)();
+                    if self.store.set_interfaces(addrs) && self.store.is_synced() {
+                        let earliest = self.last_sync.map_or_else(Instant::now, |t| t + self.min_sync_period);
+                        next = Some(next.map_or(earliest, |n| n.min(earliest)).max(Instant::now()));
+                    }
+                }
                 ev = rx.recv() => {
                     let Some(ev) = ev else { return };
                     if self.take(ev) {
@@ -91,6 +125,7 @@ impl SyncLoop {
     /// Takes one event into the model. Returns whether a sync should be scheduled.
     fn take(&mut self, ev: Event) -> bool {
         let changes = self.store.handle(ev);
+        self.health.set_node_eligible(self.store.node_eligible());
         self.metrics.service_changes.inc_by(changes.services as u64);
         self.metrics.endpoint_changes.inc_by(changes.endpoint_slices as u64);
         if changes.services + changes.endpoint_slices > 0 || changes.node {
@@ -120,7 +155,7 @@ impl SyncLoop {
             self.full = true;
         }
         let changed = (!self.full).then_some(&self.pending);
-        let result = self.dataplane.sync(self.store.plans(), changed);
+        let result = self.dataplane.sync(&self.store.node_plan(), self.store.plans(), changed);
         let elapsed = start.elapsed();
         self.metrics.sync_duration.observe(elapsed.as_secs_f64());
         match result {
@@ -137,6 +172,7 @@ impl SyncLoop {
                     elapsed_ms = elapsed.as_millis() as u64,
                     "synced"
                 );
+                self.update_health_checks();
                 if report.failed.is_empty() {
                     self.pending.clear();
                     self.failures = 0;
@@ -158,6 +194,31 @@ impl SyncLoop {
                 Some(self.backoff())
             }
         }
+    }
+
+    /// Serves a health-check port for every `externalTrafficPolicy: Local` LoadBalancer Service, counting
+    /// its endpoints on this node.
+    fn update_health_checks(&mut self) {
+        let Some(hc) = self.health_checks.as_mut() else { return };
+        let mut desired: BTreeMap<u16, (Entry, BTreeSet<IpAddr>)> = BTreeMap::new();
+        for plan in self.store.plans().values() {
+            let Some(port) = plan.health_check_node_port else { continue };
+            let (_, ips) = desired.entry(port).or_insert_with(|| {
+                let e = Entry { namespace: plan.name.namespace.clone(), name: plan.name.name.clone(), local_endpoints: 0 };
+                (e, BTreeSet::new())
+            });
+            let node = self.store.node_name();
+            ips.extend(plan.external.backends.iter().filter(|b| b.node_name.as_deref() == Some(node)).map(|b| b.ip));
+        }
+        hc.update(
+            desired
+                .into_iter()
+                .map(|(port, (mut e, ips))| {
+                    e.local_endpoints = ips.len();
+                    (port, e)
+                })
+                .collect(),
+        );
     }
 
     fn backoff(&mut self) -> Duration {

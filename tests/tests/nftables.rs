@@ -150,13 +150,16 @@ fn nodeport_from_external_is_masqueraded() {
         assert_ne!(src, IpAddr::from(EXTERNAL_IP), "NodePort traffic must be masqueraded");
         assert!(node_addrs.contains(&src), "source {src} is not a node address");
     }
-    // Every non-loopback local address of the node takes NodePort traffic, from the node itself and from pods;
-    // loopback does not.
+    // With kube-proxy's default `--nodeport-addresses=primary`, the node's primary address (its Node's
+    // InternalIP) takes NodePort traffic, from the node itself and from pods; other local addresses (the
+    // pod-side gateway) and loopback do not.
     let from_node = tcp_request(&c.node, SocketAddr::new(NODE_IP.into(), 30080), T);
     assert!(from_node.is_answered(), "node -> own address NodePort: {from_node}");
+    let from_pod = tcp_request(&c.pod(0).ns, SocketAddr::new(NODE_IP.into(), 30080), T);
+    assert!(from_pod.is_answered(), "pod -> node's primary address NodePort: {from_pod}");
     let gw = SocketAddr::new(switchyard_tests::netns::NODE_POD_GW.into(), 30080);
-    let from_pod = tcp_request(&c.pod(0).ns, gw, T);
-    assert!(from_pod.is_answered(), "pod -> node's pod-side address NodePort: {from_pod}");
+    let on_gw = tcp_request(&c.pod(0).ns, gw, T);
+    assert!(matches!(on_gw, Outcome::Refused(_)), "NodePort on a non-primary address must not be served: {on_gw}");
     let lo = tcp_request(&c.node, SocketAddr::from(([127, 0, 0, 1], 30080)), T);
     assert!(matches!(lo, Outcome::Refused(_)), "NodePort on loopback must not be served: {lo}");
     // The ClusterIP of the same Service still works from a pod.

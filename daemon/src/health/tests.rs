@@ -16,3 +16,16 @@ fn kube_proxy_semantics() {
     h.updated();
     assert!(h.report(true).healthy);
 }
+
+/// A Node being deleted or drained by the autoscaler fails /healthz but not /livez.
+#[test]
+fn node_eligibility() {
+    let h = Health::new(Duration::from_secs(60));
+    h.updated();
+    h.set_node_eligible(false);
+    let r = h.report(true);
+    assert!(!r.healthy && !r.node_eligible);
+    assert!(h.report(false).healthy);
+    h.set_node_eligible(true);
+    assert!(h.report(true).healthy);
+}

@@ -32,7 +32,12 @@ impl Dataplane for FakeDataplane {
         self.calls.lock().unwrap().push(Call::Restore);
         Ok(())
     }
-    fn sync(&mut self, _: &BTreeMap<PlanKey, ServicePlan>, changed: Option<&BTreeSet<PlanKey>>) -> Result<SyncReport, Error> {
+    fn sync(
+        &mut self,
+        _: &switchyard_model::NodePlan,
+        _: &BTreeMap<PlanKey, ServicePlan>,
+        changed: Option<&BTreeSet<PlanKey>>,
+    ) -> Result<SyncReport, Error> {
         let names = changed.map(|c| c.iter().map(|k| k.0.name.clone()).collect());
         self.calls.lock().unwrap().push(Call::Sync(names));
         let mut fail = self.fail_next_syncs.lock().unwrap();
@@ -78,6 +83,7 @@ fn start(min_sync_period: Duration) -> (FakeDataplane, tokio::sync::mpsc::Sender
         Metrics::new(),
         health.clone(),
         min_sync_period,
+        Box::new(Vec::new),
     );
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(lp.run(rx));

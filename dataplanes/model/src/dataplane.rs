@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{FrontendKind, PlanKey, Protocol, Scheduler, ServicePlan};
+use crate::{FrontendKind, NodePlan, PlanKey, Protocol, Scheduler, ServicePlan};
 
 /// A dataplane: an idempotent reconciler of desired plans against what is programmed in the kernel.
 ///
@@ -23,11 +23,16 @@ pub trait Dataplane: Send + std::fmt::Debug {
     /// Reads what is programmed in the kernel and adopts it as the current state. Changes nothing.
     fn restore(&mut self) -> Result<(), Error>;
 
-    /// Brings the kernel to `desired` for the plans named in `changed` (`None`: all of them, and prune
-    /// whatever the dataplane owns that no plan in `desired` references). A key in `changed` that is not in
-    /// `desired` is deleted. All changes of one call are applied atomically where the kernel allows it.
-    fn sync(&mut self, desired: &BTreeMap<PlanKey, ServicePlan>, changed: Option<&BTreeSet<PlanKey>>)
-        -> Result<SyncReport, Error>;
+    /// Brings the kernel to `node` and to `desired` for the plans named in `changed` (`None`: all of them,
+    /// and prune whatever the dataplane owns that no plan in `desired` references). A key in `changed` that
+    /// is not in `desired` is deleted. All changes of one call are applied atomically where the kernel
+    /// allows it.
+    fn sync(
+        &mut self,
+        node: &NodePlan,
+        desired: &BTreeMap<PlanKey, ServicePlan>,
+        changed: Option<&BTreeSet<PlanKey>>,
+    ) -> Result<SyncReport, Error>;
 
     /// Reads the kernel (never the dataplane's memory) and returns what is programmed, with counters.
     fn dump(&self) -> Result<Dump, Error>;

@@ -13,5 +13,5 @@ pub mod plan;
 pub mod store;
 mod types;
 
-pub use plan::{plan_service, PlanOptions, Problem};
+pub use plan::{node_eligible, plan_node, plan_service, NodePortAddresses, PlanOptions, Problem};
 pub use types::*;

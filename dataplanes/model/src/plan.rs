@@ -7,7 +7,10 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::{Backend, Family, Frontend, FrontendKind, Protocol, Scheduler, ServiceName, ServicePlan, ServicePortName};
+use crate::{
+    Backend, Family, Frontend, FrontendKind, NodePlan, Protocol, Route, Scheduler, ServiceName, ServicePlan,
+    ServicePortName, WhenEmpty,
+};
 
 /// Annotation choosing a Service's scheduler.
 pub const SCHEDULER_ANNOTATION: &str = "switchyard.io/scheduler";
@@ -17,6 +20,8 @@ pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 /// Label linking an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The Node label naming its zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Default ClientIP affinity timeout, as in Kubernetes.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 
@@ -29,6 +34,21 @@ pub struct PlanOptions {
     pub default_scheduler: Scheduler,
     /// Schedulers the active dataplane can honour. Others fall back to [`Scheduler::Random`].
     pub supported_schedulers: BTreeSet<Scheduler>,
+    /// Where NodePorts are served (`--nodeport-addresses`).
+    pub nodeport_addresses: NodePortAddresses,
+    /// Serve IPv4 NodePorts on 127.0.0.1 too (`--localhost-nodeports`).
+    pub localhost_nodeports: bool,
+    /// The Service IP ranges (`--service-cidr`).
+    pub service_cidrs: Vec<ipnet::IpNet>,
+}
+
+/// `--nodeport-addresses`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodePortAddresses {
+    /// The node's primary addresses: its InternalIP of each family (else ExternalIP), kube-proxy's default.
+    Primary,
+    /// This node's interface addresses within these CIDRs (`0.0.0.0/0`, `::/0`: every address).
+    Cidrs(Vec<ipnet::IpNet>),
 }
 
 impl PlanOptions {
@@ -38,6 +58,9 @@ impl PlanOptions {
             node_name: node_name.into(),
             default_scheduler: Scheduler::Random,
             supported_schedulers: Scheduler::ALL.into_iter().collect(),
+            nodeport_addresses: NodePortAddresses::Primary,
+            localhost_nodeports: false,
+            service_cidrs: Vec::new(),
         }
     }
 }
@@ -60,6 +83,58 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}: {}: {}", self.kind, self.object, self.reason, self.message)
     }
+}
+
+/// The node plan: where NodePorts are served and the Service ranges. `node` is this node's Node object,
+/// `interfaces` the addresses of this node's interfaces (loopback excluded).
+pub fn plan_node(opts: &PlanOptions, node: Option<&Node>, interfaces: &[IpAddr]) -> NodePlan {
+    let mut plan = NodePlan { service_cidrs: opts.service_cidrs.clone(), ..NodePlan::default() };
+    for family in [Family::V4, Family::V6] {
+        let mut ips: Option<Vec<IpAddr>> = match &opts.nodeport_addresses {
+            NodePortAddresses::Primary => match node {
+                // Without a Node object there is no primary address to go by: serve every local address.
+                None => None,
+                Some(n) => Some(primary_ip(n, family).into_iter().collect()),
+            },
+            NodePortAddresses::Cidrs(cidrs) => {
+                let mine: Vec<&ipnet::IpNet> = cidrs.iter().filter(|c| Family::of(&c.addr()) == family).collect();
+                if mine.iter().any(|c| c.prefix_len() == 0) {
+                    None
+                } else {
+                    Some(interfaces.iter().filter(|ip| mine.iter().any(|c| c.contains(*ip))).copied().collect())
+                }
+            }
+        };
+        if opts.localhost_nodeports && family == Family::V4 {
+            let list = ips.get_or_insert_with(|| interfaces.iter().filter(|ip| ip.is_ipv4()).copied().collect());
+            list.push(IpAddr::from([127, 0, 0, 1]));
+        }
+        if let Some(list) = ips.as_mut() {
+            list.sort();
+            list.dedup();
+        }
+        plan.nodeport_ips.insert(family, ips);
+    }
+    plan
+}
+
+/// The Node's InternalIP of a family, else its ExternalIP.
+fn primary_ip(node: &Node, family: Family) -> Option<IpAddr> {
+    let addrs = node.status.as_ref()?.addresses.as_ref()?;
+    ["InternalIP", "ExternalIP"].iter().find_map(|t| {
+        addrs.iter().filter(|a| a.type_ == *t).filter_map(|a| parse_ip(&a.address)).find(|ip| Family::of(ip) == family)
+    })
+}
+
+/// Whether the node may receive new traffic: not being deleted, not tainted for deletion by the cluster
+/// autoscaler (kube-proxy's rule for `/healthz`).
+pub fn node_eligible(node: Option<&Node>) -> bool {
+    let Some(node) = node else { return true };
+    if node.metadata.deletion_timestamp.is_some() {
+        return false;
+    }
+    let taints = node.spec.as_ref().and_then(|s| s.taints.as_ref());
+    !taints.into_iter().flatten().any(|t| t.key == "ToBeDeletedByClusterAutoscaler")
 }
 
 /// Whether Switchyard ignores a Service altogether, as kube-proxy does: Services handed to another proxy,
@@ -85,7 +160,7 @@ pub fn is_ignored(svc: &Service) -> bool {
 pub fn plan_service(
     svc: &Service,
     slices: &[&EndpointSlice],
-    _node: Option<&Node>,
+    node: Option<&Node>,
     opts: &PlanOptions,
 ) -> (Vec<ServicePlan>, Vec<Problem>) {
     let mut problems = Vec::new();
@@ -177,6 +252,36 @@ pub fn plan_service(
         }
     });
 
+    let externally_reachable = node_ports || !external_ips.is_empty();
+    let policy = Policy {
+        internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        external_local: externally_reachable && spec.external_traffic_policy.as_deref() == Some("Local"),
+    };
+    let zone = node.and_then(|n| n.metadata.labels.as_ref()).and_then(|l| l.get(ZONE_LABEL)).cloned();
+    let source_ranges: Option<Vec<ipnet::IpNet>> =
+        spec.load_balancer_source_ranges.as_ref().filter(|r| is_lb && !r.is_empty()).map(|ranges| {
+            ranges
+                .iter()
+                .filter_map(|r| match r.trim().parse::<ipnet::IpNet>() {
+                    Ok(n) => Some(n.trunc()),
+                    Err(_) => {
+                        problem("InvalidSourceRange", format!("loadBalancerSourceRanges {r:?} is not a CIDR; skipped"));
+                        None
+                    }
+                })
+                .collect()
+        });
+    let health_check_node_port = match spec.health_check_node_port {
+        Some(p) if policy.external_local && is_lb => match valid_port(p) {
+            Some(p) => Some(p),
+            None => {
+                problem("InvalidHealthCheckNodePort", format!("healthCheckNodePort {p} is out of range; skipped"));
+                None
+            }
+        },
+        _ => None,
+    };
+
     let mut seen_ports = BTreeSet::new();
     for port in spec.ports.iter().flatten() {
         let Some(protocol) = Protocol::parse(port.protocol.as_deref().unwrap_or("TCP")) else {
@@ -223,16 +328,26 @@ pub fn plan_service(
             frontends.sort();
             frontends.dedup();
             let endpoints = endpoints_for(&spn, port, family, slices, &mut slice_problems);
-            let cluster_backends = usable(&endpoints);
+            let cat = categorize(&endpoints, policy, &opts.node_name, zone.as_deref());
+            let when_empty = if cat.reachable { WhenEmpty::Drop } else { WhenEmpty::Reject };
+            let route = |local: bool| Route {
+                backends: if local { cat.local.clone() } else { cat.cluster.clone() },
+                when_empty,
+            };
+            let source_ranges = source_ranges.as_ref().map(|all| {
+                all.iter().filter(|n| Family::of(&n.addr()) == family).copied().collect::<Vec<_>>()
+            });
             plans.push(ServicePlan {
                 name: spn.clone(),
                 family,
                 frontends,
                 scheduler,
                 affinity_timeout,
-                external_backends: cluster_backends.clone(),
-                cluster_backends,
-                masquerade_external: true,
+                cluster: route(policy.internal_local),
+                external: route(policy.external_local),
+                external_local: policy.external_local,
+                source_ranges,
+                health_check_node_port,
             });
         }
     }
@@ -243,14 +358,73 @@ pub fn plan_service(
     (plans, problems)
 }
 
-/// The endpoints to send traffic to, as kube-proxy picks them: the ready ones; when none is ready, the ones
-/// still serving while terminating (so a rolling update never leaves a window of refused connections).
-fn usable(endpoints: &[Backend]) -> Vec<Backend> {
-    let ready: Vec<Backend> = endpoints.iter().filter(|b| b.ready).cloned().collect();
-    if !ready.is_empty() {
-        return ready;
+/// The Service's traffic policies.
+#[derive(Clone, Copy, Debug)]
+struct Policy {
+    internal_local: bool,
+    external_local: bool,
+}
+
+/// Endpoints sorted by use, as kube-proxy's `CategorizeEndpoints` sorts them.
+#[derive(Debug, Default)]
+struct Categories {
+    /// For Cluster policies: ready endpoints (narrowed by topology hints), else serving-terminating ones.
+    cluster: Vec<Backend>,
+    /// For Local policies: this node's ready endpoints, else its serving-terminating ones.
+    local: Vec<Backend>,
+    /// Whether this node can reach any endpoint through either category.
+    reachable: bool,
+}
+
+/// Sorts endpoints into the cluster and local categories.
+///
+/// Topology (kube-proxy's rule): when every ready endpoint carries node hints and one is hinted for this
+/// node, cluster traffic uses the endpoints hinted for this node (`trafficDistribution: PreferSameNode`);
+/// otherwise when every ready endpoint carries zone hints and one is hinted for this node's zone, the
+/// endpoints hinted for the zone (`PreferClose`/`PreferSameZone`, topology-aware hints); otherwise all.
+fn categorize(endpoints: &[Backend], policy: Policy, node: &str, zone: Option<&str>) -> Categories {
+    let mut c = Categories::default();
+    if policy.uses_cluster() {
+        let ready: Vec<&Backend> = endpoints.iter().filter(|b| b.ready).collect();
+        let all_have = |f: fn(&Backend) -> &Vec<String>| !ready.is_empty() && ready.iter().all(|b| !f(b).is_empty());
+        let any_for = |f: fn(&Backend) -> &Vec<String>, v: &str| ready.iter().any(|b| f(b).iter().any(|h| h == v));
+        let by_node = all_have(|b| &b.node_hints) && any_for(|b| &b.node_hints, node);
+        let by_zone = !by_node && zone.is_some_and(|z| all_have(|b| &b.zone_hints) && any_for(|b| &b.zone_hints, z));
+        c.cluster = ready
+            .iter()
+            .filter(|b| {
+                if by_node {
+                    b.node_hints.iter().any(|h| h == node)
+                } else if by_zone {
+                    b.zone_hints.iter().any(|h| Some(h.as_str()) == zone)
+                } else {
+                    true
+                }
+            })
+            .map(|b| (*b).clone())
+            .collect();
+        if c.cluster.is_empty() {
+            c.cluster = endpoints.iter().filter(|b| b.serving && b.terminating).cloned().collect();
+        }
     }
-    endpoints.iter().filter(|b| b.serving && b.terminating).cloned().collect()
+    if policy.uses_local() {
+        let local = |b: &&Backend| b.node_name.as_deref() == Some(node);
+        c.local = endpoints.iter().filter(local).filter(|b| b.ready).cloned().collect();
+        if c.local.is_empty() {
+            c.local = endpoints.iter().filter(local).filter(|b| b.serving && b.terminating).cloned().collect();
+        }
+    }
+    c.reachable = !c.cluster.is_empty() || !c.local.is_empty();
+    c
+}
+
+impl Policy {
+    fn uses_cluster(self) -> bool {
+        !self.internal_local || !self.external_local
+    }
+    fn uses_local(self) -> bool {
+        self.internal_local || self.external_local
+    }
 }
 
 /// All endpoints of one Service port and family across the Service's EndpointSlices, deduplicated by
@@ -308,6 +482,18 @@ fn endpoints_for(
                 serving: cond.and_then(|c| c.serving).unwrap_or(ready),
                 terminating: cond.and_then(|c| c.terminating).unwrap_or(false),
                 weight: 1,
+                zone_hints: ep
+                    .hints
+                    .as_ref()
+                    .and_then(|h| h.for_zones.as_ref())
+                    .map(|z| z.iter().map(|z| z.name.clone()).collect())
+                    .unwrap_or_default(),
+                node_hints: ep
+                    .hints
+                    .as_ref()
+                    .and_then(|h| h.for_nodes.as_ref())
+                    .map(|n| n.iter().map(|n| n.name.clone()).collect())
+                    .unwrap_or_default(),
             };
             if by_addr.contains_key(&(ip, number)) {
                 problem("DuplicateEndpoint", format!("{} is listed by another slice too; the first is used", backend.addr()));

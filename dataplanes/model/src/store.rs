@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::plan::{plan_service, PlanOptions, Problem, SERVICE_NAME_LABEL};
-use crate::{PlanKey, ServiceName, ServicePlan};
+use crate::{NodePlan, PlanKey, ServiceName, ServicePlan};
 
 /// An API object a source delivers.
 #[derive(Clone, Debug, PartialEq)]
@@ -103,6 +103,7 @@ pub struct Store {
     plans: BTreeMap<PlanKey, ServicePlan>,
     keys_by_service: BTreeMap<ServiceName, BTreeSet<PlanKey>>,
     synced: bool,
+    interfaces: Vec<std::net::IpAddr>,
 }
 
 impl Store {
@@ -118,6 +119,7 @@ impl Store {
             plans: BTreeMap::new(),
             keys_by_service: BTreeMap::new(),
             synced: false,
+            interfaces: Vec::new(),
         }
     }
 
@@ -129,6 +131,32 @@ impl Store {
     /// The current plans, as of the last [`Store::recompute`].
     pub fn plans(&self) -> &BTreeMap<PlanKey, ServicePlan> {
         &self.plans
+    }
+
+    /// The node plan, from the options, this node's Node object and its interface addresses.
+    pub fn node_plan(&self) -> NodePlan {
+        crate::plan::plan_node(&self.options, self.node.as_ref(), &self.interfaces)
+    }
+
+    /// Whether this node may receive new traffic (see [`crate::plan::node_eligible`]).
+    pub fn node_eligible(&self) -> bool {
+        crate::plan::node_eligible(self.node.as_ref())
+    }
+
+    /// This node's name.
+    pub fn node_name(&self) -> &str {
+        &self.options.node_name
+    }
+
+    /// Records this node's interface addresses (loopback excluded). Returns whether they changed.
+    pub fn set_interfaces(&mut self, mut addrs: Vec<std::net::IpAddr>) -> bool {
+        addrs.sort();
+        addrs.dedup();
+        if addrs == self.interfaces {
+            return false;
+        }
+        self.interfaces = addrs;
+        true
     }
 
     /// Whether some object changed since the last [`Store::recompute`].

@@ -184,6 +184,10 @@ pub struct Backend {
     pub terminating: bool,
     /// Relative weight for weighted schedulers; 1 unless something says otherwise.
     pub weight: u32,
+    /// `hints.forZones`: the zones this endpoint should serve.
+    pub zone_hints: Vec<String>,
+    /// `hints.forNodes`: the nodes this endpoint should serve.
+    pub node_hints: Vec<String>,
 }
 
 impl Backend {
@@ -270,6 +274,24 @@ impl fmt::Display for Scheduler {
     }
 }
 
+/// What happens to new connections of a traffic class that has no backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WhenEmpty {
+    /// Refused at once (TCP reset / ICMP unreachable): the Service has no usable endpoint anywhere.
+    Reject,
+    /// Dropped: a Local traffic policy leaves this node without an endpoint while others have some.
+    Drop,
+}
+
+/// Where one class of traffic (to ClusterIPs, or to external addresses) goes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Route {
+    /// The backends, sorted.
+    pub backends: Vec<Backend>,
+    /// What to do when `backends` is empty.
+    pub when_empty: WhenEmpty,
+}
+
 /// What this node does for one Service port in one IP family: the unit every dataplane programs.
 ///
 /// Plans are pure data derived from the API objects; two equal plans program the same kernel state.
@@ -285,19 +307,25 @@ pub struct ServicePlan {
     pub scheduler: Scheduler,
     /// `sessionAffinity: ClientIP` timeout in seconds, if affinity is on.
     pub affinity_timeout: Option<u32>,
-    /// Backends for cluster traffic (to ClusterIPs), sorted. Empty means such traffic is rejected.
-    pub cluster_backends: Vec<Backend>,
-    /// Backends for external traffic (NodePorts, externalIPs, LB IPs), sorted. Empty means such traffic
-    /// is rejected.
-    pub external_backends: Vec<Backend>,
-    /// Whether external traffic is masqueraded (true unless `externalTrafficPolicy: Local`).
-    pub masquerade_external: bool,
+    /// Traffic to ClusterIPs (follows `internalTrafficPolicy`).
+    pub cluster: Route,
+    /// Traffic to NodePorts, externalIPs and LB IPs (follows `externalTrafficPolicy`).
+    pub external: Route,
+    /// `externalTrafficPolicy: Local`: external traffic keeps its client address (no masquerade), and
+    /// external-address traffic that comes from pods or this node takes the cluster route instead, as
+    /// kube-proxy does.
+    pub external_local: bool,
+    /// `loadBalancerSourceRanges` of this family: only these sources may reach the LB IPs. `None`: any.
+    /// `Some(empty)`: the Service restricts sources but none of its ranges is of this family, so none may.
+    pub source_ranges: Option<Vec<ipnet::IpNet>>,
+    /// `healthCheckNodePort` for `externalTrafficPolicy: Local` LoadBalancer Services.
+    pub health_check_node_port: Option<u16>,
 }
 
 impl ServicePlan {
     /// Every backend of the plan, cluster and external, without duplicates, sorted.
     pub fn all_backends(&self) -> Vec<&Backend> {
-        let mut all: Vec<&Backend> = self.cluster_backends.iter().chain(&self.external_backends).collect();
+        let mut all: Vec<&Backend> = self.cluster.backends.iter().chain(&self.external.backends).collect();
         all.sort();
         all.dedup();
         all
@@ -306,6 +334,28 @@ impl ServicePlan {
     /// The frontends of one kind class: cluster (`false`) or external (`true`).
     pub fn frontends(&self, external: bool) -> impl Iterator<Item = &Frontend> {
         self.frontends.iter().filter(move |f| f.kind.is_external() == external)
+    }
+
+    /// The ClusterIPs.
+    pub fn cluster_ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.frontends(false).map(|f| f.ip)
+    }
+}
+
+/// What this node does independently of any Service: where NodePorts are served, which addresses are
+/// Service addresses. Dataplanes program it beside the plans.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodePlan {
+    /// Addresses NodePorts are served on, per family; `None`: every local address but loopback.
+    pub nodeport_ips: std::collections::BTreeMap<Family, Option<Vec<IpAddr>>>,
+    /// `--service-cidr`: traffic to an address in these ranges that no Service has is dropped.
+    pub service_cidrs: Vec<ipnet::IpNet>,
+}
+
+impl NodePlan {
+    /// The NodePort addresses of a family (`None`: every local address but loopback).
+    pub fn nodeport_ips(&self, family: Family) -> Option<&[IpAddr]> {
+        self.nodeport_ips.get(&family).and_then(|o| o.as_deref())
     }
 }
 

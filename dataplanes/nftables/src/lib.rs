@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 
 use switchyard_model::dataplane::{Dataplane, Dump, Error, SyncReport};
-use switchyard_model::{Family, PlanKey, Scheduler, ServicePlan};
+use std::net::IpAddr;
+
+use switchyard_model::{Family, FrontendKind, NodePlan, PlanKey, Scheduler, ServicePlan};
 use tracing::{debug, warn};
 
 use kernel::Nft;
@@ -45,7 +47,12 @@ struct TableState {
     marks: HashMap<String, u32>,
     used_marks: BTreeSet<u32>,
     next_mark: u32,
-    skeleton_applied: bool,
+    /// The node plan the skeleton was last applied with (none yet in this run).
+    applied_node: Option<NodePlan>,
+    /// ClusterIPs in the kernel's `cluster-ips` set.
+    cluster_ips: HashSet<IpAddr>,
+    /// How many programmed Service ports have each ClusterIP.
+    cluster_ip_refs: HashMap<IpAddr, usize>,
 }
 
 impl TableState {
@@ -83,10 +90,11 @@ impl NftablesDataplane {
     fn sync_family(
         &mut self,
         family: Family,
+        node: &NodePlan,
         desired: &BTreeMap<PlanKey, ServicePlan>,
         changed: Option<&BTreeSet<PlanKey>>,
         report: &mut SyncReport,
-    ) {
+    ) -> Result<(), Error> {
         let t = Self::table(family);
         let settings = self.settings.clone();
         let state = self.tables.entry(family).or_default();
@@ -150,20 +158,31 @@ impl NftablesDataplane {
             }
             work.push((key.clone(), new, conflict));
         }
-        if work.is_empty() && state.skeleton_applied {
-            return;
+        let skeleton_current = state.applied_node.as_ref() == Some(node);
+        if work.is_empty() && skeleton_current {
+            return Ok(());
         }
 
-        let skeleton = if state.skeleton_applied { String::new() } else { translate::skeleton(family, TABLE) };
+        let skeleton = if skeleton_current { String::new() } else { translate::skeleton(family, TABLE, node) };
         let script_of = |items: &[(String, Option<ServiceObjects>, bool)], state: &TableState| {
             let mut s = skeleton.clone();
+            let mut refs = state.cluster_ip_refs.clone();
             for (key, new, _) in items {
                 let empty = Programmed::default();
-                diff(&mut s, &t, family, state.services.get(key).unwrap_or(&empty), new.as_ref());
+                let old = state.services.get(key).unwrap_or(&empty);
+                diff(&mut s, &t, family, old, new.as_ref());
+                count_cluster_ips(&mut refs, old, new.as_ref());
             }
+            cluster_ip_changes(&mut s, &t, &state.cluster_ips, &refs);
             s
         };
         let script = script_of(&work, state);
+        if work.is_empty() {
+            // Only the skeleton: nothing to fall back to, the caller restores and retries.
+            self.nft.apply(&script)?;
+            state.applied_node = Some(node.clone());
+            return Ok(());
+        }
         let applied: Vec<bool> = match self.nft.apply(&script) {
             Ok(()) => vec![true; work.len()],
             Err(e) if work.len() > 1 => {
@@ -189,13 +208,18 @@ impl NftablesDataplane {
                 vec![false; work.len()]
             }
         };
-        if applied.iter().any(|&ok| ok) || work.is_empty() {
-            state.skeleton_applied = true;
+        if applied.iter().any(|&ok| ok) {
+            state.applied_node = Some(node.clone());
         }
         for ((key, new, conflict), ok) in work.into_iter().zip(applied) {
             if !ok {
                 continue;
             }
+            let empty = Programmed::default();
+            let mut refs = std::mem::take(&mut state.cluster_ip_refs);
+            count_cluster_ips(&mut refs, state.services.get(&key).unwrap_or(&empty), new.as_ref());
+            state.cluster_ips = refs.keys().copied().collect();
+            state.cluster_ip_refs = refs;
             if let Some(old) = state.services.get(&key) {
                 for e in old.elements.keys() {
                     if state.owners.get(e) == Some(&key) {
@@ -230,6 +254,7 @@ impl NftablesDataplane {
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -246,6 +271,45 @@ fn programmed(n: ServiceObjects, conflict: bool) -> Programmed {
         sets: n.sets,
         counters: n.counters,
         elements: n.elements,
+    }
+}
+
+/// The ClusterIPs a Service port's dispatch elements name.
+fn cluster_ips_of(elements: &BTreeMap<(MapName, String), String>) -> BTreeSet<IpAddr> {
+    let clusterip = format!("comment \"{}\"", FrontendKind::ClusterIp.as_str());
+    elements
+        .iter()
+        .filter(|((map, _), v)| matches!(map, MapName::ServiceIps | MapName::NoEndpointServices) && v.starts_with(&clusterip))
+        .filter_map(|((_, k), _)| k.split(" . ").next()?.parse().ok())
+        .collect()
+}
+
+/// Moves the ClusterIP reference counts from `old` to `new`.
+fn count_cluster_ips(refs: &mut HashMap<IpAddr, usize>, old: &Programmed, new: Option<&ServiceObjects>) {
+    for ip in cluster_ips_of(&old.elements) {
+        if let Some(n) = refs.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                refs.remove(&ip);
+            }
+        }
+    }
+    for ip in new.map(|n| cluster_ips_of(&n.elements)).unwrap_or_default() {
+        *refs.entry(ip).or_default() += 1;
+    }
+}
+
+/// Appends the `cluster-ips` set changes that make it hold exactly the referenced ClusterIPs.
+fn cluster_ip_changes(s: &mut String, t: &str, present: &HashSet<IpAddr>, refs: &HashMap<IpAddr, usize>) {
+    let mut gone: Vec<&IpAddr> = present.iter().filter(|ip| !refs.contains_key(ip)).collect();
+    let mut new: Vec<&IpAddr> = refs.keys().filter(|ip| !present.contains(ip)).collect();
+    gone.sort();
+    new.sort();
+    for ip in gone {
+        writeln!(s, "delete element {t} {} {{ {ip} }}", translate::CLUSTER_IPS).expect("write to String");
+    }
+    for ip in new {
+        writeln!(s, "add element {t} {} {{ {ip} }}", translate::CLUSTER_IPS).expect("write to String");
     }
 }
 
@@ -315,13 +379,24 @@ impl Dataplane for NftablesDataplane {
 
     fn restore(&mut self) -> Result<(), Error> {
         for family in FAMILIES {
-            let restored = listing::restore(&self.list(family)?);
+            let listing = self.list(family)?;
+            let restored = listing::restore(&listing);
             let mut state = TableState::default();
             for (key, p) in &restored.services {
                 for e in p.elements.keys() {
                     state.owners.insert(e.clone(), key.clone());
                 }
+                for ip in cluster_ips_of(&p.elements) {
+                    *state.cluster_ip_refs.entry(ip).or_default() += 1;
+                }
             }
+            state.cluster_ips = listing
+                .set_elements
+                .get(translate::CLUSTER_IPS)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.parse().ok())
+                .collect();
             state.used_marks = restored.marks.values().copied().collect();
             state.next_mark = state.used_marks.iter().next_back().copied().unwrap_or(0);
             state.marks = restored.marks;
@@ -333,12 +408,13 @@ impl Dataplane for NftablesDataplane {
 
     fn sync(
         &mut self,
+        node: &NodePlan,
         desired: &BTreeMap<PlanKey, ServicePlan>,
         changed: Option<&BTreeSet<PlanKey>>,
     ) -> Result<SyncReport, Error> {
         let mut report = SyncReport::default();
         for family in FAMILIES {
-            self.sync_family(family, desired, changed, &mut report);
+            self.sync_family(family, node, desired, changed, &mut report)?;
         }
         Ok(report)
     }

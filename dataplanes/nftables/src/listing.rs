@@ -30,6 +30,8 @@ pub struct Listing {
     pub chains: BTreeMap<String, Vec<ListedRule>>,
     /// Named sets and their timeout in seconds (0 without one).
     pub sets: BTreeMap<String, u32>,
+    /// Elements of named sets, as text (addresses; prefixes as `addr/len`).
+    pub set_elements: BTreeMap<String, Vec<String>>,
     /// Named counters: (packets, bytes).
     pub counters: BTreeMap<String, (u64, u64)>,
     /// Elements of Switchyard's maps as (key, value) in the syntax the translation writes.
@@ -60,6 +62,8 @@ pub fn parse(json: &str) -> Result<Listing, Error> {
             }
             "set" => {
                 let timeout = obj.get("timeout").and_then(Value::as_u64).unwrap_or(0);
+                let elems = obj.get("elem").and_then(Value::as_array).into_iter().flatten();
+                l.set_elements.insert(name.clone(), elems.map(|e| key_text(e.get("elem").map_or(e, |x| &x["val"]))).collect());
                 l.sets.insert(name, u32::try_from(timeout).unwrap_or(u32::MAX));
             }
             "counter" => {

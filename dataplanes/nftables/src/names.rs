@@ -84,6 +84,11 @@ pub fn external_chain(key: &str) -> String {
     format!("external-{key}")
 }
 
+/// The chain that enforces `loadBalancerSourceRanges` before external traffic to an LB IP.
+pub fn firewall_chain(key: &str) -> String {
+    format!("firewall-{key}")
+}
+
 /// The chain (and traffic counter) of one backend of a Service port. IPv6 colons become dots, since nft
 /// names cannot hold colons.
 pub fn endpoint(key: &str, ip: IpAddr, port: u16) -> String {
@@ -102,7 +107,7 @@ pub fn affinity_set(endpoint: &str) -> String {
 
 /// The Service key an object name belongs to, for any of the per-Service-port objects above.
 pub fn owner_key(name: &str) -> Option<&str> {
-    let rest = ["service-", "external-", "endpoint-", "connections-", "affinity-"]
+    let rest = ["service-", "external-", "firewall-", "endpoint-", "connections-", "affinity-"]
         .iter()
         .find_map(|p| name.strip_prefix(p))?;
     let key = rest.split("__").next()?;

@@ -86,7 +86,7 @@ fn golden_scripts() {
         }
         let (settings, store) = scenario(&path);
         let (mut dp, fake) = dataplane(settings);
-        let report = dp.sync(store.plans(), None).unwrap();
+        let report = dp.sync(&store.node_plan(), store.plans(), None).unwrap();
         assert!(report.failed.is_empty());
         let got = fake.take().join("# --- next transaction ---\n");
         let golden = path.with_extension("nft");
@@ -107,10 +107,10 @@ fn golden_scripts() {
 fn incremental_touches_only_the_changed_service() {
     let (settings, mut store) = scenario(&golden_dir().join("basic.yaml"));
     let (mut dp, fake) = dataplane(settings);
-    dp.sync(store.plans(), None).unwrap();
+    dp.sync(&store.node_plan(), store.plans(), None).unwrap();
     fake.take();
 
-    let report = dp.sync(store.plans(), None).unwrap();
+    let report = dp.sync(&store.node_plan(), store.plans(), None).unwrap();
     assert!(fake.take().is_empty(), "a full sync of an unchanged model writes nothing");
     assert_eq!(report.unchanged, 3, "{report:?}");
 
@@ -120,7 +120,7 @@ fn incremental_touches_only_the_changed_service() {
     );
     store.handle(Event::Apply(objects.into_iter().next().unwrap()));
     let (changed, _) = store.recompute();
-    let report = dp.sync(store.plans(), Some(&changed)).unwrap();
+    let report = dp.sync(&store.node_plan(), store.plans(), Some(&changed)).unwrap();
     assert_eq!(report.written, 1);
     let scripts = fake.take();
     assert_eq!(scripts.len(), 1, "one transaction");
@@ -140,7 +140,7 @@ fn incremental_touches_only_the_changed_service() {
     };
     store.handle(Event::Delete(key));
     let (changed, _) = store.recompute();
-    let report = dp.sync(store.plans(), Some(&changed)).unwrap();
+    let report = dp.sync(&store.node_plan(), store.plans(), Some(&changed)).unwrap();
     assert_eq!(report.removed, 1);
     let s = fake.take().join("");
     assert!(s.contains("delete element ip switchyard service-ips { 10.96.0.10 . tcp . 80 }"), "{s}");
@@ -155,7 +155,7 @@ fn rejected_batch_falls_back_to_one_by_one() {
     let (settings, store) = scenario(&golden_dir().join("basic.yaml"));
     let (mut dp, fake) = dataplane(settings);
     *fake.reject_if_contains.lock().unwrap() = Some("kube-system/dns".into());
-    let report = dp.sync(store.plans(), None).unwrap();
+    let report = dp.sync(&store.node_plan(), store.plans(), None).unwrap();
     assert_eq!(report.failed.len(), 1, "{report:?}");
     assert_eq!(report.failed[0].0 .0.name, "dns");
     assert_eq!(report.written, 2);
@@ -165,7 +165,7 @@ fn rejected_batch_falls_back_to_one_by_one() {
     // Once the kernel accepts it, only the failed one is written.
     *fake.reject_if_contains.lock().unwrap() = None;
     let keys: BTreeSet<PlanKey> = report.failed.iter().map(|(k, _)| k.clone()).collect();
-    let report = dp.sync(store.plans(), Some(&keys)).unwrap();
+    let report = dp.sync(&store.node_plan(), store.plans(), Some(&keys)).unwrap();
     assert_eq!((report.written, report.failed.len()), (1, 0));
     let s = fake.take().join("");
     assert!(s.contains("kube-system/dns") && !s.contains("demo/web"), "{s}");
@@ -183,7 +183,7 @@ fn conflicting_frontends_do_not_block_others() {
     }
     store.recompute();
     let (mut dp, fake) = dataplane(Settings::default());
-    let report = dp.sync(store.plans(), None).unwrap();
+    let report = dp.sync(&store.node_plan(), store.plans(), None).unwrap();
     assert!(report.failed.is_empty(), "{report:?}");
     let s = fake.take().join("");
     assert_eq!(s.matches("add element ip switchyard no-endpoint-services { 10.96.0.10 . tcp . 80").count(), 1, "{s}");
@@ -195,7 +195,7 @@ fn conflicting_frontends_do_not_block_others() {
         name: "a".into(),
     }));
     let (changed, _) = store.recompute();
-    dp.sync(store.plans(), Some(&changed)).unwrap();
+    dp.sync(&store.node_plan(), store.plans(), Some(&changed)).unwrap();
     let s = fake.take().join("");
     assert!(s.contains("add element ip switchyard no-endpoint-services { 10.96.0.10 . tcp . 80 comment \"ClusterIP\" : goto service-demo/b/tcp/- }"), "{s}");
 }

@@ -21,7 +21,7 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use switchyard_model::{Backend, Family, FrontendKind, Scheduler, ServicePlan};
+use switchyard_model::{Backend, Family, FrontendKind, NodePlan, Scheduler, ServicePlan, WhenEmpty};
 
 use crate::names::{self, MapName};
 
@@ -50,6 +50,8 @@ pub struct ServiceObjects {
     pub counters: BTreeSet<String>,
     /// Elements of the shared maps: (map, key) -> value (with its comment), all as nft syntax.
     pub elements: BTreeMap<(MapName, String), String>,
+    /// The ClusterIPs, members of the shared `cluster-ips` set while any Service port has them.
+    pub cluster_ips: BTreeSet<IpAddr>,
     /// Hash of all of the above, stored in the kernel to recognise an unchanged Service port after a restart.
     pub fingerprint: u64,
 }
@@ -60,6 +62,7 @@ pub fn service(plan: &ServicePlan, settings: &Settings, mark_of: &mut dyn FnMut(
     let key = names::service_key(&plan.name);
     let svc_chain = names::service_chain(&key);
     let ext_chain = names::external_chain(&key);
+    let fw_chain = names::firewall_chain(&key);
     let proto = plan.name.protocol.as_str();
     let mut o = ServiceObjects::default();
 
@@ -82,58 +85,86 @@ pub fn service(plan: &ServicePlan, settings: &Settings, mark_of: &mut dyn FnMut(
         o.chains.insert(ep, rules);
     }
 
-    // The cluster path.
+    // The cluster path: masquerade where needed, then a backend; without one, reject or drop.
     let mut svc_rules = Vec::new();
-    if !plan.cluster_backends.is_empty() {
+    if !plan.cluster.backends.is_empty() {
         if settings.masquerade_all {
             svc_rules.push("jump mark-for-masquerade".to_string());
-        } else {
-            let cidrs: Vec<String> =
-                settings.cluster_cidrs.iter().filter(|c| Family::of(&c.addr()) == plan.family).map(|c| c.to_string()).collect();
-            if !cidrs.is_empty() {
-                svc_rules.push(format!("{} saddr != {{ {} }} jump mark-for-masquerade", f.ip(), cidrs.join(", ")));
-            }
+        } else if let Some(cidrs) = f.cidrs(&settings.cluster_cidrs) {
+            svc_rules.push(format!("{} saddr != {cidrs} jump mark-for-masquerade", f.ip()));
         }
-        balance(&mut svc_rules, plan, &key, &plan.cluster_backends, f);
+        balance(&mut svc_rules, plan, &key, &plan.cluster.backends, f);
     } else {
-        // Reached only from the filter hooks through the no-endpoint maps.
-        svc_rules.push("reject".to_string());
+        // Reject: reached from the filter hooks through the no-endpoint maps. Drop: from the nat hooks.
+        svc_rules.push(empty_verdict(plan.cluster.when_empty).to_string());
     }
 
     // The external path.
     let has_external = plan.frontends(true).next().is_some();
-    if has_external && !plan.external_backends.is_empty() {
+    let external_reachable = !plan.external.backends.is_empty() || plan.external.when_empty == WhenEmpty::Drop;
+    if has_external && external_reachable {
         let mut rules = Vec::new();
-        if plan.masquerade_external || settings.masquerade_all {
+        if plan.external_local {
+            // Pods and the node itself short-circuit to the cluster route, as with kube-proxy: only traffic
+            // from outside is held to this node's endpoints and keeps its source address.
+            if !plan.cluster.backends.is_empty() {
+                if let Some(cidrs) = f.cidrs(&settings.cluster_cidrs) {
+                    rules.push(format!("{} saddr {cidrs} goto {svc_chain}", f.ip()));
+                }
+                rules.push("fib saddr type local jump mark-for-masquerade".to_string());
+                rules.push(format!("fib saddr type local goto {svc_chain}"));
+            }
+        } else {
             rules.push("jump mark-for-masquerade".to_string());
         }
-        if plan.external_backends == plan.cluster_backends {
+        if plan.external.backends.is_empty() {
+            rules.push(empty_verdict(plan.external.when_empty).to_string());
+        } else if !plan.external_local && plan.external.backends == plan.cluster.backends {
             rules.push(format!("goto {svc_chain}"));
         } else {
-            balance(&mut rules, plan, &key, &plan.external_backends, f);
+            balance(&mut rules, plan, &key, &plan.external.backends, f);
         }
         o.chains.insert(ext_chain.clone(), rules);
-    } else if has_external && !plan.cluster_backends.is_empty() {
-        // External traffic has no backend while cluster traffic has: drop it, as kube-proxy does.
-        o.chains.insert(ext_chain.clone(), vec!["drop".to_string()]);
+    }
+
+    // loadBalancerSourceRanges: LB IPs go through a firewall chain first.
+    let firewalled = plan.source_ranges.is_some()
+        && plan.frontends.iter().any(|fe| fe.kind == FrontendKind::LoadBalancer)
+        && o.chains.contains_key(&ext_chain);
+    if firewalled {
+        let ranges = plan.source_ranges.as_deref().unwrap_or_default();
+        let mut rules = Vec::new();
+        match f.cidrs(ranges) {
+            Some(set) => rules.push(format!("{} saddr != {set} drop", f.ip())),
+            None => rules.push("drop".to_string()),
+        }
+        rules.push(format!("goto {ext_chain}"));
+        o.chains.insert(fw_chain.clone(), rules);
     }
 
     // Dispatch elements.
     for fe in &plan.frontends {
         let external = fe.kind.is_external();
-        let backends = if external { &plan.external_backends } else { &plan.cluster_backends };
-        let target = if external { &ext_chain } else { &svc_chain };
+        let route = if external { &plan.external } else { &plan.cluster };
+        let target = match fe.kind {
+            FrontendKind::LoadBalancer if firewalled => &fw_chain,
+            _ if external => &ext_chain,
+            _ => &svc_chain,
+        };
         let comment = fe.kind.as_str();
         let (live, dead, k) = if fe.kind == FrontendKind::NodePort {
             (MapName::ServiceNodeports, MapName::NoEndpointNodeports, format!("{proto} . {}", fe.port))
         } else {
             (MapName::ServiceIps, MapName::NoEndpointServices, format!("{} . {proto} . {}", fe.ip, fe.port))
         };
-        if !backends.is_empty() || o.chains.contains_key(target) {
-            o.elements.insert((live, k), format!("comment \"{comment}\" : goto {target}"));
-        } else {
+        if route.backends.is_empty() && route.when_empty == WhenEmpty::Reject {
             o.elements.insert((dead, k), format!("comment \"{comment}\" : goto {svc_chain}"));
+        } else {
+            o.elements.insert((live, k), format!("comment \"{comment}\" : goto {target}"));
         }
+    }
+    for ip in plan.cluster_ips() {
+        o.cluster_ips.insert(ip);
     }
 
     o.fingerprint = fingerprint(&o);
@@ -148,6 +179,13 @@ pub fn service(plan: &ServicePlan, settings: &Settings, mark_of: &mut dyn FnMut(
     }
     o.chains.insert(svc_chain, svc_rules);
     o
+}
+
+fn empty_verdict(when: WhenEmpty) -> &'static str {
+    match when {
+        WhenEmpty::Reject => "reject",
+        WhenEmpty::Drop => "drop",
+    }
 }
 
 /// Appends the affinity rules and the scheduler's rule over `backends` to `rules`.
@@ -198,14 +236,18 @@ fn fingerprint(o: &ServiceObjects) -> u64 {
     for ((map, k), v) in &o.elements {
         writeln!(text, "element {} {k} {v}", map.as_str()).expect("write to String");
     }
+    for ip in &o.cluster_ips {
+        writeln!(text, "cluster-ip {ip}").expect("write to String");
+    }
     fnv1a(text.as_bytes())
 }
 
-/// The static part of a family's table: hooks, dispatch maps and helper chains. Applying it again is
-/// harmless: maps are created if missing and the static chains are replaced atomically.
-pub fn skeleton(family: Family, table: &str) -> String {
+/// The static part of a family's table: hooks, dispatch maps, shared sets and helper chains, shaped by the
+/// node plan. Applying it again is harmless: maps and sets are created if missing, the static chains are
+/// replaced atomically and the node's sets refilled.
+pub fn skeleton(family: Family, table: &str, node: &NodePlan) -> String {
     let f = Fam(family);
-    let (fam, ip, addr_type, loopback) = (f.table_family(), f.ip(), f.addr_type(), f.loopback());
+    let (fam, ip, addr_type) = (f.table_family(), f.ip(), f.addr_type());
     let t = format!("{fam} {table}");
     let mut s = format!("add table {t}\n");
     for (map, ty) in [
@@ -217,18 +259,37 @@ pub fn skeleton(family: Family, table: &str) -> String {
     ] {
         writeln!(s, "add map {t} {} {{ type {ty}; }}", map.as_str()).expect("write to String");
     }
+    writeln!(s, "add set {t} {CLUSTER_IPS} {{ type {addr_type}; }}").expect("write to String");
+    writeln!(s, "add set {t} {NODEPORT_IPS} {{ type {addr_type}; }}").expect("write to String");
+    writeln!(s, "add set {t} {SERVICE_CIDRS} {{ type {addr_type}; flags interval; }}").expect("write to String");
+    writeln!(s, "flush set {t} {NODEPORT_IPS}").expect("write to String");
+    let nodeport_ips: Vec<String> = node.nodeport_ips(family).unwrap_or_default().iter().map(|a| a.to_string()).collect();
+    if !nodeport_ips.is_empty() {
+        writeln!(s, "add element {t} {NODEPORT_IPS} {{ {} }}", nodeport_ips.join(", ")).expect("write to String");
+    }
+    writeln!(s, "flush set {t} {SERVICE_CIDRS}").expect("write to String");
+    if let Some(cidrs) = f.cidrs(&node.service_cidrs) {
+        writeln!(s, "add element {t} {SERVICE_CIDRS} {cidrs}").expect("write to String");
+    }
+
     let accounting = format!(
         "ct mark != 0 ct status dnat counter name ct mark map @{}",
         MapName::BackendCounters.as_str()
     );
-    let nodeport_match = format!("fib daddr type local {ip} daddr != {loopback} meta l4proto . th dport");
+    // Where NodePorts are served: the node plan's addresses, or every local address but loopback.
+    let nodeport_match = match node.nodeport_ips(family) {
+        Some(_) => format!("{ip} daddr @{NODEPORT_IPS} meta l4proto . th dport"),
+        None => format!("fib daddr type local {ip} daddr != {} meta l4proto . th dport", f.loopback()),
+    };
+    // The filter hooks run after DNAT (output at -90, after nat output at -100), so traffic that reaches
+    // them still addressed to a Service address was not sent to any backend.
     let chains: Vec<(&str, Option<String>, Vec<String>)> = vec![
         ("nat-prerouting", Some("type nat hook prerouting priority -100".into()), vec!["jump services".into()]),
         ("nat-output", Some("type nat hook output priority -100".into()), vec!["jump services".into()]),
         ("nat-postrouting", Some("type nat hook postrouting priority 100".into()), vec!["jump masquerading".into()]),
         ("filter-input", Some("type filter hook input priority -110".into()), vec!["ct state new jump endpoints-check".into()]),
         ("filter-forward", Some("type filter hook forward priority -110".into()), vec!["ct state new jump endpoints-check".into()]),
-        ("filter-output", Some("type filter hook output priority -110".into()), vec!["ct state new jump endpoints-check".into()]),
+        ("filter-output", Some("type filter hook output priority -90".into()), vec!["ct state new jump endpoints-check".into()]),
         ("accounting-prerouting", Some("type filter hook prerouting priority -90".into()), vec![accounting.clone()]),
         ("accounting-output", Some("type filter hook output priority -90".into()), vec![accounting]),
         (
@@ -245,6 +306,10 @@ pub fn skeleton(family: Family, table: &str) -> String {
             vec![
                 format!("{ip} daddr . meta l4proto . th dport vmap @{}", MapName::NoEndpointServices.as_str()),
                 format!("{nodeport_match} vmap @{}", MapName::NoEndpointNodeports.as_str()),
+                // A live ClusterIP on a port no Service has: refused, as kube-proxy does.
+                format!("{ip} daddr @{CLUSTER_IPS} reject"),
+                // An address of the Service range that no Service has: dropped.
+                format!("{ip} daddr @{SERVICE_CIDRS} drop"),
             ],
         ),
         ("mark-for-masquerade", None, vec![format!("meta mark set meta mark or {MASQUERADE_MARK:#x}")]),
@@ -275,6 +340,13 @@ pub fn skeleton(family: Family, table: &str) -> String {
     s
 }
 
+/// The set of every ClusterIP.
+pub const CLUSTER_IPS: &str = "cluster-ips";
+/// The set of addresses NodePorts are served on (when not every local address).
+pub const NODEPORT_IPS: &str = "nodeport-ips";
+/// The set of Service CIDRs (`--service-cidr`).
+pub const SERVICE_CIDRS: &str = "service-cidrs";
+
 /// Family-specific spelling.
 #[derive(Clone, Copy)]
 pub(crate) struct Fam(pub Family);
@@ -300,6 +372,11 @@ impl Fam {
             Family::V4 => "127.0.0.0/8",
             Family::V6 => "::1",
         }
+    }
+    /// An anonymous set of the CIDRs of this family, or `None` if there is none.
+    fn cidrs(self, cidrs: &[IpNet]) -> Option<String> {
+        let mine: Vec<String> = cidrs.iter().filter(|c| Family::of(&c.addr()) == self.0).map(|c| c.to_string()).collect();
+        (!mine.is_empty()).then(|| format!("{{ {} }}", mine.join(", ")))
     }
     fn sockaddr(self, ip: IpAddr, port: u16) -> String {
         match self.0 {

@@ -8,7 +8,7 @@ use std::process::Command;
 use switchyard_model::dataplane::Dataplane;
 use switchyard_model::manifest;
 use switchyard_model::store::{Event, Store};
-use switchyard_model::{PlanKey, PlanOptions, ServicePlan};
+use switchyard_model::{NodePlan, PlanKey, PlanOptions, ServicePlan};
 use switchyard_nftables::kernel::NftCommand;
 use switchyard_nftables::translate::Settings;
 use switchyard_nftables::NftablesDataplane;
@@ -55,13 +55,13 @@ fn program_restore_dump_round_trip() {
         let desired = plans(file);
         let mut dp = ns.dataplane();
         dp.restore().unwrap();
-        let report = dp.sync(&desired, None).unwrap();
+        let report = dp.sync(&NodePlan::default(), &desired, None).unwrap();
         assert!(report.failed.is_empty(), "{file}: {report:?}");
         assert_eq!(report.written, desired.len(), "{file}");
 
         let mut again = ns.dataplane();
         again.restore().unwrap();
-        let report = again.sync(&desired, None).unwrap();
+        let report = again.sync(&NodePlan::default(), &desired, None).unwrap();
         assert_eq!((report.written, report.removed, report.unchanged), (0, 0, desired.len()), "{file}: {report:?}");
 
         let dump = again.dump().unwrap();
@@ -75,7 +75,7 @@ fn program_restore_dump_round_trip() {
             want.sort();
             assert_eq!(fe, want, "{file}: {}", p.name);
             let be: Vec<_> = s.backends.iter().map(|b| (b.ip, b.port)).collect();
-            let want: Vec<_> = p.cluster_backends.iter().map(|b| (b.ip, b.port)).collect();
+            let want: Vec<_> = p.cluster.backends.iter().map(|b| (b.ip, b.port)).collect();
             assert_eq!(be, want, "{file}: {}", p.name);
         }
     }
@@ -88,13 +88,13 @@ fn prune_and_cleanup() {
     let desired = plans("basic.yaml");
     let mut dp = ns.dataplane();
     dp.restore().unwrap();
-    dp.sync(&desired, None).unwrap();
+    dp.sync(&NodePlan::default(), &desired, None).unwrap();
 
     // A restarted daemon that no longer has demo/web prunes it on its first (full) sync.
     let fewer: BTreeMap<_, _> = desired.iter().filter(|(k, _)| k.0.name != "web").map(|(k, v)| (k.clone(), v.clone())).collect();
     let mut again = ns.dataplane();
     again.restore().unwrap();
-    let report = again.sync(&fewer, None).unwrap();
+    let report = again.sync(&NodePlan::default(), &fewer, None).unwrap();
     assert_eq!((report.removed, report.written), (1, 0), "{report:?}");
     let listing = Command::new("ip").args(["netns", "exec", &ns.0, "nft", "list", "table", "ip", "switchyard"]).output().unwrap();
     let text = String::from_utf8_lossy(&listing.stdout);

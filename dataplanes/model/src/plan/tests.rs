@@ -61,11 +61,11 @@ fn frontends_and_ready_backends() {
     assert_eq!(p.scheduler, Scheduler::Rr);
     let fe: Vec<String> = p.frontends.iter().map(|f| format!("{} {}:{}", f.kind.as_str(), f.ip, f.port)).collect();
     assert_eq!(fe, ["ClusterIP 10.96.0.10:80", "NodePort 0.0.0.0:30080", "ExternalIP 192.0.2.7:80"]);
-    let be: Vec<String> = p.cluster_backends.iter().map(Backend::addr).collect();
+    let be: Vec<String> = p.cluster.backends.iter().map(Backend::addr).collect();
     assert_eq!(be, ["10.244.0.2:8080", "10.244.0.3:8080"]);
-    assert_eq!(p.cluster_backends, p.external_backends);
-    assert_eq!(p.cluster_backends[1].zone.as_deref(), Some("z1"));
-    assert!(p.masquerade_external);
+    assert_eq!(p.cluster, p.external);
+    assert_eq!(p.cluster.backends[1].zone.as_deref(), Some("z1"));
+    assert!(!p.external_local);
 }
 
 /// With no ready endpoint, serving terminating ones are used (kube-proxy's fallback); not-serving never.
@@ -76,7 +76,7 @@ fn terminating_fallback() {
         "- {addresses: [10.244.0.2], conditions: {ready: false}}",
     );
     let (plans, _) = plan(&yaml, &opts());
-    let be: Vec<String> = plans[0].cluster_backends.iter().map(Backend::addr).collect();
+    let be: Vec<String> = plans[0].cluster.backends.iter().map(Backend::addr).collect();
     assert_eq!(be, ["10.244.0.4:8080"]);
 }
 
@@ -126,8 +126,8 @@ endpoints: [{addresses: ["fd00:244::2"]}]
     assert_eq!(plans.len(), 2);
     assert_eq!((plans[0].family, plans[1].family), (Family::V4, Family::V6));
     assert_eq!(plans[1].frontends[0].ip.to_string(), "fd00:96::20");
-    assert_eq!(plans[1].cluster_backends[0].addr(), "[fd00:244::2]:8080");
-    assert_eq!(plans[0].cluster_backends[0].addr(), "10.244.0.2:8080");
+    assert_eq!(plans[1].cluster.backends[0].addr(), "[fd00:244::2]:8080");
+    assert_eq!(plans[0].cluster.backends[0].addr(), "10.244.0.2:8080");
 }
 
 /// Bad parts are skipped and reported; the rest of the Service is still planned.
@@ -181,7 +181,7 @@ endpoints: [{addresses: [10.244.0.2]}, {addresses: [10.244.0.3]}]
     assert_eq!(p.frontends.iter().map(|f| f.ip.to_string()).collect::<Vec<_>>(), ["10.96.0.30", "192.0.2.9"]);
     assert_eq!(p.affinity_timeout, Some(DEFAULT_AFFINITY_TIMEOUT));
     assert_eq!(p.scheduler, Scheduler::Random);
-    let be: Vec<String> = p.cluster_backends.iter().map(Backend::addr).collect();
+    let be: Vec<String> = p.cluster.backends.iter().map(Backend::addr).collect();
     assert_eq!(be, ["10.244.0.2:8081", "10.244.0.3:8081"]);
 }
 
@@ -224,5 +224,117 @@ fn load_balancer_ingress() {
         .map(|f| f.ip.to_string())
         .collect();
     assert_eq!(lbs, ["203.0.113.1"]);
-    assert!(plans[0].cluster_backends.is_empty(), "no slices given");
+    assert!(plans[0].cluster.backends.is_empty(), "no slices given");
+    assert_eq!(plans[0].cluster.when_empty, WhenEmpty::Reject, "no endpoint anywhere: reject");
+}
+
+fn node(zone: &str) -> Node {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": zone}}
+    }))
+    .unwrap()
+}
+
+fn addrs(r: &Route) -> Vec<String> {
+    r.backends.iter().map(Backend::addr).collect()
+}
+
+const POLICY: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: pol, namespace: demo}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.40
+  externalTrafficPolicy: Local
+  internalTrafficPolicy: Cluster
+  healthCheckNodePort: 32000
+  loadBalancerSourceRanges: [" 192.0.2.0/24 ", "2001:db8::/32", "nonsense"]
+  ports: [{port: 80, nodePort: 30040}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: pol-1, namespace: demo, labels: {kubernetes.io/service-name: pol}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- {addresses: [10.244.0.2], nodeName: node-a}
+- {addresses: [10.244.1.2], nodeName: node-b}
+- {addresses: [10.244.0.3], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}
+"#;
+
+/// externalTrafficPolicy Local: external traffic only to this node's ready endpoints, no masquerade, a
+/// health check port; cluster traffic to every ready endpoint; source ranges trimmed and per family.
+#[test]
+fn external_traffic_policy_local() {
+    let (plans, problems) = plan(POLICY, &opts());
+    assert_eq!(problems.iter().map(|p| p.reason).collect::<Vec<_>>(), ["InvalidSourceRange"]);
+    let p = &plans[0];
+    assert!(p.external_local);
+    assert_eq!(addrs(&p.external), ["10.244.0.2:8080"]);
+    assert_eq!(addrs(&p.cluster), ["10.244.0.2:8080", "10.244.1.2:8080"]);
+    assert_eq!(p.health_check_node_port, Some(32000));
+    assert_eq!(p.source_ranges, Some(vec!["192.0.2.0/24".parse().unwrap()]));
+}
+
+/// With no local ready endpoint, Local policies fall back to local serving-terminating ones; with none
+/// at all locally, the class drops (others still have endpoints) rather than rejects.
+#[test]
+fn local_fallbacks_and_drop() {
+    let yaml = POLICY.replace("- {addresses: [10.244.0.2], nodeName: node-a}\n", "");
+    let (plans, _) = plan(&yaml, &opts());
+    assert_eq!(addrs(&plans[0].external), ["10.244.0.3:8080"], "local serving-terminating");
+    let yaml = yaml.replace("nodeName: node-a, conditions", "nodeName: node-c, conditions");
+    let (plans, _) = plan(&yaml, &opts());
+    assert!(plans[0].external.backends.is_empty());
+    assert_eq!(plans[0].external.when_empty, WhenEmpty::Drop);
+    assert_eq!(addrs(&plans[0].cluster), ["10.244.1.2:8080"]);
+
+    let itp = POLICY.replace("externalTrafficPolicy: Local", "externalTrafficPolicy: Cluster").replace(
+        "internalTrafficPolicy: Cluster",
+        "internalTrafficPolicy: Local",
+    );
+    let (plans, _) = plan(&itp.replace("nodeName: node-a", "nodeName: node-z"), &opts());
+    assert!(plans[0].cluster.backends.is_empty());
+    assert_eq!(plans[0].cluster.when_empty, WhenEmpty::Drop);
+    assert_eq!(addrs(&plans[0].external), ["10.244.0.2:8080", "10.244.1.2:8080"]);
+    assert_eq!(plans[0].health_check_node_port, None, "only for externalTrafficPolicy Local");
+}
+
+const HINTED: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: topo, namespace: demo}
+spec:
+  clusterIP: 10.96.0.50
+  trafficDistribution: PreferClose
+  ports: [{port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: topo-1, namespace: demo, labels: {kubernetes.io/service-name: topo}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- {addresses: [10.244.0.2], zone: z1, hints: {forZones: [{name: z1}], forNodes: [{name: node-a}]}}
+- {addresses: [10.244.0.3], zone: z1, hints: {forZones: [{name: z1}], forNodes: [{name: node-b}]}}
+- {addresses: [10.244.1.2], zone: z2, hints: {forZones: [{name: z2}], forNodes: [{name: node-c}]}}
+"#;
+
+fn plan_on(yaml: &str, node_obj: &Node) -> ServicePlan {
+    let (svcs, slices) = objects(yaml);
+    let refs: Vec<&EndpointSlice> = slices.iter().collect();
+    plan_service(&svcs[0], &refs, Some(node_obj), &opts()).0.remove(0)
+}
+
+/// Node hints win when complete and one names this node; then zone hints; then all endpoints.
+#[test]
+fn topology_hints_and_fallbacks() {
+    assert_eq!(addrs(&plan_on(HINTED, &node("z1")).cluster), ["10.244.0.2:8080"], "PreferSameNode");
+    let no_node_hint = HINTED.replace(", forNodes: [{name: node-a}]", "");
+    assert_eq!(addrs(&plan_on(&no_node_hint, &node("z1")).cluster), ["10.244.0.2:8080", "10.244.0.3:8080"], "zone");
+    assert_eq!(addrs(&plan_on(&no_node_hint, &node("z2")).cluster), ["10.244.1.2:8080"]);
+    assert_eq!(addrs(&plan_on(&no_node_hint, &node("z9")).cluster).len(), 3, "no endpoint for the zone: all");
+    let missing = no_node_hint.replace(", hints: {forZones: [{name: z2}], forNodes: [{name: node-c}]}", "");
+    assert_eq!(addrs(&plan_on(&missing, &node("z1")).cluster).len(), 3, "a ready endpoint without hints: all");
 }

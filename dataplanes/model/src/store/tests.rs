@@ -21,7 +21,7 @@ fn store() -> Store {
 }
 
 fn backends(s: &Store) -> Vec<String> {
-    s.plans().values().flat_map(|p| p.cluster_backends.iter().map(|b| b.addr())).collect()
+    s.plans().values().flat_map(|p| p.cluster.backends.iter().map(|b| b.addr())).collect()
 }
 
 /// Applying objects marks the Service dirty; recompute reports exactly the changed plan keys, once.
@@ -92,7 +92,7 @@ fn slice_moves_between_services() {
     let (changed, _) = s.recompute();
     assert_eq!(changed.len(), 2, "both Services' plans change");
     let by_name: Vec<(String, usize)> =
-        s.plans().values().map(|p| (p.name.name.clone(), p.cluster_backends.len())).collect();
+        s.plans().values().map(|p| (p.name.name.clone(), p.cluster.backends.len())).collect();
     assert_eq!(by_name, [("api".to_string(), 1), ("web".to_string(), 0)]);
 }
 
