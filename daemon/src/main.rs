@@ -137,9 +137,21 @@ fn run(config: Config) -> anyhow::Result<()> {
             health.clone(),
             dump,
         );
-        let sync =
-            SyncLoop::new(Store::new(options), dp, metrics, health, config.min_sync_period, Box::new(interface_addresses))
-                .run(rx);
+        let conntrack: switchyard::sync::ConntrackCleaner = Box::new(|filters| {
+            switchyard_conntrack::Conntrack::open()
+                .and_then(|mut ct| ct.delete_stale(filters))
+                .map_err(|e| e.to_string())
+        });
+        let sync = SyncLoop::new(
+            Store::new(options),
+            dp,
+            metrics,
+            health,
+            config.min_sync_period,
+            Box::new(interface_addresses),
+            conntrack,
+        )
+        .run(rx);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             r = server => { r.context("HTTP server")?; }

@@ -26,6 +26,10 @@ pub struct Metrics {
     pub problems: IntCounterVec,
     /// `switchyard_sync_failures_total{dataplane}`.
     pub sync_failures: IntCounterVec,
+    /// `switchyard_conntrack_deleted_total`.
+    pub conntrack_deleted: IntCounter,
+    /// `switchyard_conntrack_errors_total`.
+    pub conntrack_errors: IntCounter,
 }
 
 impl Default for Metrics {
@@ -87,6 +91,16 @@ impl Metrics {
                 &["dataplane"],
             )
             .expect("valid metric"),
+            conntrack_deleted: IntCounter::new(
+                "switchyard_conntrack_deleted_total",
+                "Stale UDP conntrack entries deleted after Service changes",
+            )
+            .expect("valid metric"),
+            conntrack_errors: IntCounter::new(
+                "switchyard_conntrack_errors_total",
+                "Failed attempts to delete stale UDP conntrack entries",
+            )
+            .expect("valid metric"),
             registry,
         };
         let r = &m.registry;
@@ -98,6 +112,8 @@ impl Metrics {
         r.register(Box::new(m.endpoint_changes.clone())).expect("unique metric");
         r.register(Box::new(m.problems.clone())).expect("unique metric");
         r.register(Box::new(m.sync_failures.clone())).expect("unique metric");
+        r.register(Box::new(m.conntrack_deleted.clone())).expect("unique metric");
+        r.register(Box::new(m.conntrack_errors.clone())).expect("unique metric");
         m
     }
 

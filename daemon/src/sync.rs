@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use switchyard_model::conntrack::{stale_udp_flows, StaleFlows};
 use switchyard_model::dataplane::Dataplane;
 use switchyard_model::store::{Event, Store};
 use switchyard_model::PlanKey;
@@ -21,6 +22,9 @@ use crate::metrics::Metrics;
 
 /// Reads this node's interface addresses (loopback excluded).
 pub type InterfaceReader = Box<dyn Fn() -> Vec<IpAddr> + Send>;
+
+/// Deletes the conntrack entries the filters match; returns how many.
+pub type ConntrackCleaner = Box<dyn FnMut(&[StaleFlows]) -> Result<usize, String> + Send>;
 
 /// How often interface addresses are read again (they shape the NodePort addresses).
 const INTERFACE_POLL: Duration = Duration::from_secs(5);
@@ -45,6 +49,7 @@ pub struct SyncLoop {
     oldest_change: Option<Instant>,
     failures: u32,
     interfaces: InterfaceReader,
+    conntrack: ConntrackCleaner,
     health_checks: Option<HealthChecks>,
 }
 
@@ -72,9 +77,11 @@ impl SyncLoop {
         health: Health,
         min_sync_period: Duration,
         interfaces: InterfaceReader,
+        conntrack: ConntrackCleaner,
     ) -> Self {
         SyncLoop {
             interfaces,
+            conntrack,
             health_checks: None,
             store,
             dataplane,
@@ -176,6 +183,7 @@ impl SyncLoop {
                 if report.failed.is_empty() {
                     self.pending.clear();
                     self.failures = 0;
+                    self.clean_conntrack();
                     self.health.updated();
                     if let Some(t) = self.oldest_change.take() {
                         self.metrics.programming_duration.observe(t.elapsed().as_secs_f64());
@@ -192,6 +200,35 @@ impl SyncLoop {
                 self.metrics.sync_failures.with_label_values(&[name]).inc();
                 self.restored = false;
                 Some(self.backoff())
+            }
+        }
+    }
+
+    /// Deletes the UDP conntrack entries the plans just programmed made stale (kube-proxy's cleanup), so
+    /// clients sending from one socket reach a live backend with their next packet.
+    fn clean_conntrack(&mut self) {
+        let replaced = self.store.take_replaced();
+        let node = self.store.node_plan();
+        let mut filters = Vec::new();
+        for (key, old) in &replaced {
+            let ips: Vec<IpAddr> = match node.nodeport_ips(key.1) {
+                Some(ips) => ips.to_vec(),
+                None => self.store.interfaces().to_vec(),
+            };
+            filters.extend(stale_udp_flows(old.as_ref(), self.store.plans().get(key), &ips));
+        }
+        if filters.is_empty() {
+            return;
+        }
+        match (self.conntrack)(&filters) {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(entries = n, "deleted stale UDP conntrack entries");
+                self.metrics.conntrack_deleted.inc_by(n as u64);
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot delete stale UDP conntrack entries");
+                self.metrics.conntrack_errors.inc();
             }
         }
     }

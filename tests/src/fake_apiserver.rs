@@ -1,5 +1,5 @@
 //! An in-process fake Kubernetes API server speaking the real list/watch protocol over plain HTTP, for
-//! v1 Services, discovery.k8s.io/v1 EndpointSlices and v1 Nodes.
+//! v1 Services, discovery.k8s.io/v1 EndpointSlices and v1 Nodes, and taking Events as a controller posts them.
 //!
 //! What it implements, as the real API server does:
 //! - `GET /api/v1/services`, `/apis/discovery.k8s.io/v1/endpointslices`, `/api/v1/nodes` (and the namespaced
@@ -14,6 +14,14 @@
 //! - `timeoutSeconds`: the watch stream ends after that long.
 //! - A watch from a resourceVersion older than the last [`FakeApiServer::compact`]: one ERROR event carrying a
 //!   Status with code 410, reason "Expired", then the end of the stream; clients must relist.
+//! - Events, written as a controller writes them: `POST /api/v1/namespaces/{ns}/events` (v1 Event) and
+//!   `POST /apis/events.k8s.io/v1/namespaces/{ns}/events` (events.k8s.io/v1 Event) create one (201; 409 if the
+//!   name is taken; `metadata.generateName` is honoured); `PATCH .../events/{name}` with a JSON merge patch or
+//!   a strategic merge patch (applied as a merge patch, which is the same for Event's fields) updates it (200;
+//!   404 if absent). The server keeps them for [`FakeApiServer::events`]; they are not listed or watched.
+//!
+//! Every request is recorded with its method ([`FakeApiServer::requests`]), so a test can derive the RBAC
+//! verbs a client needs from what it really did.
 //!
 //! One revision counter across all kinds, as etcd keeps. Ignored: `labelSelector`, `limit`/`continue` (a
 //! list is always one page), and the `resourceVersion` of a list (always served at the latest revision).
@@ -222,6 +230,13 @@ impl FakeApiServer {
     pub fn bookmarks_sent(&self) -> u64 {
         self.shared.lock().bookmarks_sent
     }
+
+    /// The Events created (and patched) so far, v1 and events.k8s.io/v1 alike, each as stored (with
+    /// `apiVersion`, `kind`, and the namespace, name, uid and resourceVersion the server gave it), sorted by
+    /// apiVersion, namespace and name.
+    pub fn events(&self) -> Vec<Value> {
+        self.shared.lock().events.values().cloned().collect()
+    }
 }
 
 impl Drop for FakeApiServer {
@@ -270,6 +285,8 @@ struct Store {
     history: Vec<Change>,
     requests: Vec<String>,
     bookmarks_sent: u64,
+    /// Events by (apiVersion, namespace, name).
+    events: BTreeMap<(&'static str, String, String), Value>,
     bookmark_interval: Duration,
 }
 
@@ -441,6 +458,9 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let path_and_query = uri.path_and_query().map_or_else(|| uri.path().to_owned(), ToString::to_string);
     shared.lock().requests.push(format!("{} {path_and_query}", request.method()));
 
+    if let Some(target) = EventTarget::route(uri.path()) {
+        return handle_event(&shared, target, request).await;
+    }
     if request.method() != Method::GET {
         return error_response(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "only GET is served".into());
     }
@@ -456,6 +476,155 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     match query.get("watch").map(String::as_str) {
         Some("1" | "true") => start_watch(shared, filter, &query),
         _ => list(&shared, &filter),
+    }
+}
+
+/// The Event API versions served, with their paths' prefix.
+const EVENT_APIS: [(&str, &str); 2] = [("v1", "/api/v1/"), ("events.k8s.io/v1", "/apis/events.k8s.io/v1/")];
+
+/// An Events request's target: `{prefix}namespaces/{ns}/events[/{name}]`.
+#[derive(Debug)]
+struct EventTarget {
+    api_version: &'static str,
+    namespace: String,
+    name: Option<String>,
+}
+
+impl EventTarget {
+    fn route(path: &str) -> Option<EventTarget> {
+        EVENT_APIS.into_iter().find_map(|(api_version, prefix)| {
+            let rest = path.strip_prefix(prefix)?;
+            let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+            let (namespace, name) = match segments.as_slice() {
+                ["namespaces", ns, "events"] => (ns, None),
+                ["namespaces", ns, "events", name] => (ns, Some((*name).to_owned())),
+                _ => return None,
+            };
+            Some(EventTarget { api_version, namespace: (*namespace).to_owned(), name })
+        })
+    }
+
+    /// Whether `object` decodes as this API version's Event.
+    fn validate(&self, object: &Value) -> Result<(), String> {
+        let result = match self.api_version {
+            "v1" => serde_json::from_value::<k8s_openapi::api::core::v1::Event>(object.clone()).map(drop),
+            _ => serde_json::from_value::<k8s_openapi::api::events::v1::Event>(object.clone()).map(drop),
+        };
+        result.map_err(|e| format!("not a valid {} Event: {e}", self.api_version))
+    }
+}
+
+/// POST (create) or PATCH (merge) an Event.
+async fn handle_event(shared: &Shared, target: EventTarget, request: Request) -> Response {
+    let patch = match (request.method(), &target.name) {
+        (&Method::POST, None) => false,
+        (&Method::PATCH, Some(_)) => true,
+        (method, _) => {
+            let message = format!("{method} is not served on events (POST to the collection, PATCH a named Event)");
+            return error_response(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", message);
+        }
+    };
+    let content_type =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    let served: &[&str] = if patch {
+        &["application/merge-patch+json", "application/strategic-merge-patch+json"]
+    } else {
+        &["application/json"]
+    };
+    if !served.contains(&media_type) {
+        let message = format!("content type {content_type:?} is not served here (only {served:?})");
+        return error_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", message);
+    }
+    let body = match axum::body::to_bytes(request.into_body(), usize::MAX).await {
+        Ok(body) => body,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, "BadRequest", format!("reading the body: {e}")),
+    };
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(body @ Value::Object(_)) => body,
+        Ok(_) => return error_response(StatusCode::BAD_REQUEST, "BadRequest", "the body is not an object".into()),
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, "BadRequest", format!("the body is not JSON: {e}")),
+    };
+    match &target.name {
+        Some(name) => patch_event(shared, &target, name, &body),
+        None => create_event(shared, &target, body),
+    }
+}
+
+fn create_event(shared: &Shared, target: &EventTarget, mut event: Value) -> Response {
+    if event["apiVersion"] != target.api_version || event["kind"] != "Event" {
+        let message = format!("expected apiVersion {} and kind Event", target.api_version);
+        return error_response(StatusCode::BAD_REQUEST, "BadRequest", message);
+    }
+    let namespace = event["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+    if !namespace.is_empty() && namespace != target.namespace {
+        let message = format!("the namespace of the object ({namespace}) does not match the request's");
+        return error_response(StatusCode::BAD_REQUEST, "BadRequest", message);
+    }
+    if let Err(message) = target.validate(&event) {
+        return error_response(StatusCode::BAD_REQUEST, "BadRequest", message);
+    }
+    let mut store = shared.lock();
+    store.revision += 1;
+    let revision = store.revision;
+    let meta = &mut event["metadata"];
+    let name = match (meta["name"].as_str(), meta["generateName"].as_str()) {
+        (Some(name), _) if !name.is_empty() => name.to_owned(),
+        (_, Some(prefix)) if !prefix.is_empty() => format!("{prefix}{revision:05}"),
+        _ => return error_response(StatusCode::BAD_REQUEST, "BadRequest", "name or generateName is required".into()),
+    };
+    let key = (target.api_version, target.namespace.clone(), name.clone());
+    if store.events.contains_key(&key) {
+        let message = format!("events \"{name}\" already exists");
+        return error_response(StatusCode::CONFLICT, "AlreadyExists", message);
+    }
+    meta["name"] = json!(name);
+    meta["namespace"] = json!(target.namespace);
+    meta["resourceVersion"] = json!(revision.to_string());
+    meta["uid"] = json!(format!("00000000-0000-0000-0000-{revision:012}"));
+    store.events.insert(key, event.clone());
+    (StatusCode::CREATED, axum::Json(event)).into_response()
+}
+
+fn patch_event(shared: &Shared, target: &EventTarget, name: &str, patch: &Value) -> Response {
+    let mut store = shared.lock();
+    let key = (target.api_version, target.namespace.clone(), name.to_owned());
+    let Some(current) = store.events.get(&key) else {
+        return error_response(StatusCode::NOT_FOUND, "NotFound", format!("events \"{name}\" not found"));
+    };
+    let mut patched = current.clone();
+    merge_patch(&mut patched, patch);
+    // What the server owns stays as it was.
+    for field in ["name", "namespace", "uid"] {
+        patched["metadata"][field] = current["metadata"][field].clone();
+    }
+    patched["apiVersion"] = json!(target.api_version);
+    patched["kind"] = json!("Event");
+    if let Err(message) = target.validate(&patched) {
+        return error_response(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message);
+    }
+    store.revision += 1;
+    patched["metadata"]["resourceVersion"] = json!(store.revision.to_string());
+    store.events.insert(key, patched.clone());
+    axum::Json(patched).into_response()
+}
+
+/// RFC 7386 JSON merge patch: objects merge recursively, `null` removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let target = target.as_object_mut().expect("made an object above");
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+        }
     }
 }
 

@@ -84,6 +84,7 @@ fn start(min_sync_period: Duration) -> (FakeDataplane, tokio::sync::mpsc::Sender
         health.clone(),
         min_sync_period,
         Box::new(Vec::new),
+        Box::new(|_| Ok(0)),
     );
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(lp.run(rx));

@@ -7,6 +7,7 @@
 //! [`dataplane::Dataplane`]: a reconciler that programs plans into the kernel and reads the kernel back.
 #![deny(missing_docs)]
 
+pub mod conntrack;
 pub mod dataplane;
 pub mod manifest;
 pub mod plan;

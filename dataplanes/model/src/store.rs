@@ -104,6 +104,8 @@ pub struct Store {
     keys_by_service: BTreeMap<ServiceName, BTreeSet<PlanKey>>,
     synced: bool,
     interfaces: Vec<std::net::IpAddr>,
+    /// The plan each changed key had before its first change since [`Store::take_replaced`].
+    replaced: BTreeMap<PlanKey, Option<ServicePlan>>,
 }
 
 impl Store {
@@ -120,6 +122,7 @@ impl Store {
             keys_by_service: BTreeMap::new(),
             synced: false,
             interfaces: Vec::new(),
+            replaced: BTreeMap::new(),
         }
     }
 
@@ -131,6 +134,12 @@ impl Store {
     /// The current plans, as of the last [`Store::recompute`].
     pub fn plans(&self) -> &BTreeMap<PlanKey, ServicePlan> {
         &self.plans
+    }
+
+    /// The plans that changed since the last call, each with the version it had before (`None`: it is new).
+    /// The sync loop takes them once they are programmed, to clean up what the old versions left behind.
+    pub fn take_replaced(&mut self) -> BTreeMap<PlanKey, Option<ServicePlan>> {
+        std::mem::take(&mut self.replaced)
     }
 
     /// The node plan, from the options, this node's Node object and its interface addresses.
@@ -146,6 +155,11 @@ impl Store {
     /// This node's name.
     pub fn node_name(&self) -> &str {
         &self.options.node_name
+    }
+
+    /// This node's interface addresses, as last recorded.
+    pub fn interfaces(&self) -> &[std::net::IpAddr] {
+        &self.interfaces
     }
 
     /// Records this node's interface addresses (loopback excluded). Returns whether they changed.
@@ -298,14 +312,16 @@ impl Store {
             let mut new_keys = BTreeSet::new();
             for plan in new_plans {
                 let key = (plan.name.clone(), plan.family);
+                new_keys.insert(key.clone());
                 if self.plans.get(&key) != Some(&plan) {
                     changed.insert(key.clone());
+                    let old = self.plans.insert(key.clone(), plan);
+                    self.replaced.entry(key).or_insert(old);
                 }
-                new_keys.insert(key.clone());
-                self.plans.insert(key, plan);
             }
             for key in old_keys.difference(&new_keys) {
-                self.plans.remove(key);
+                let old = self.plans.remove(key);
+                self.replaced.entry(key.clone()).or_insert(old);
                 changed.insert(key.clone());
             }
             if !new_keys.is_empty() {
