@@ -5,6 +5,7 @@
 //! settings; `main.rs` wires it all and implements the CLI.
 
 pub mod config;
+pub mod events;
 pub mod health;
 pub mod healthcheck;
 pub mod http;

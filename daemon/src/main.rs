@@ -117,6 +117,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         let metrics = Metrics::new();
         let health = Health::new(config.sync_period * 2);
         let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        let mut events = None;
         match config.source.clone() {
             SourceConfig::Manifests(dir) => {
                 info!(dir = %dir.display(), "reading manifests");
@@ -124,6 +125,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             }
             SourceConfig::Kube(kubeconfig) => {
                 let client = source::kube::client(kubeconfig.as_deref()).await?;
+                events = Some(switchyard::events::spawn_recorder(client.clone(), config.node_name.clone()));
                 tokio::spawn(source::kube::run(client, config.node_name.clone(), tx));
             }
         }
@@ -150,7 +152,11 @@ fn run(config: Config) -> anyhow::Result<()> {
             config.min_sync_period,
             Box::new(interface_addresses),
             conntrack,
-        )
+        );
+        let sync = match events {
+            Some(sink) => sync.with_events(sink),
+            None => sync,
+        }
         .run(rx);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

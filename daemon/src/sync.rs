@@ -30,6 +30,8 @@ pub type ConntrackCleaner = Box<dyn FnMut(&[StaleFlows]) -> Result<usize, String
 const INTERFACE_POLL: Duration = Duration::from_secs(5);
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Problems logged (and published as Events) per sync; the rest are only counted.
+const MAX_PROBLEM_LOGS: usize = 100;
 
 /// The loop's state.
 pub struct SyncLoop {
@@ -51,6 +53,7 @@ pub struct SyncLoop {
     interfaces: InterfaceReader,
     conntrack: ConntrackCleaner,
     health_checks: Option<HealthChecks>,
+    events: Option<crate::events::ProblemSink>,
 }
 
 impl std::fmt::Debug for SyncLoop {
@@ -83,6 +86,7 @@ impl SyncLoop {
             interfaces,
             conntrack,
             health_checks: None,
+            events: None,
             store,
             dataplane,
             metrics,
@@ -95,6 +99,12 @@ impl SyncLoop {
             oldest_change: None,
             failures: 0,
         }
+    }
+
+    /// Also publishes problems as Kubernetes Events through `sink`.
+    pub fn with_events(mut self, sink: crate::events::ProblemSink) -> Self {
+        self.events = Some(sink);
+        self
     }
 
     /// Runs until every sender of `rx` is gone.
@@ -146,9 +156,18 @@ impl SyncLoop {
     /// One sync. Returns when to retry, if something failed.
     fn sync_once(&mut self) -> Option<Duration> {
         let (changed, problems) = self.store.recompute();
-        for p in &problems {
-            warn!(kind = p.kind, object = %p.object, reason = p.reason, "{}", p.message);
+        // Every problem is counted; a flood of them (a million bad endpoints) is logged and published in part.
+        for (i, p) in problems.iter().enumerate() {
             self.metrics.problems.with_label_values(&[p.kind, p.reason]).inc();
+            if i < MAX_PROBLEM_LOGS {
+                warn!(kind = p.kind, object = %p.object, reason = p.reason, "{}", p.message);
+                if let Some(sink) = &self.events {
+                    let _ = sink.try_send(p.clone());
+                }
+            }
+        }
+        if problems.len() > MAX_PROBLEM_LOGS {
+            warn!(more = problems.len() - MAX_PROBLEM_LOGS, "more problems in this sync; see switchyard_object_problems_total");
         }
         self.pending.extend(changed);
         let name = self.dataplane.name();

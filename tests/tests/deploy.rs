@@ -636,7 +636,7 @@ fn rbac_grants_exactly_the_calls_the_daemon_makes() {
          metadata: {name: web-1, namespace: demo, labels: {kubernetes.io/service-name: web}}\n\
          addressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.244.0.2]}]\n",
     );
-    // A bad part: an unknown scheduler, which the daemon reports (today: a log line and a metric).
+    // A bad part: an unknown scheduler, which the daemon reports as a log line, a metric and an Event.
     api.apply(
         "apiVersion: v1\nkind: Service\n\
          metadata: {name: odd, namespace: demo, annotations: {switchyard.io/scheduler: nope}}\n\
@@ -702,7 +702,21 @@ fn rbac_grants_exactly_the_calls_the_daemon_makes() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_secs(2));
+    // The bad Service changes but stays bad: the same problem again, which the daemon records as a repeat
+    // of its Event (a PATCH of the Event series). Wait for both Event calls, bounded.
+    api.apply(
+        "apiVersion: v1\nkind: Service\n\
+         metadata: {name: odd, namespace: demo, annotations: {switchyard.io/scheduler: nope}}\n\
+         spec: {clusterIP: 10.96.0.11, ports: [{name: http, port: 81, targetPort: 8080}]}\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let event_calls = |requests: &[String]| {
+        ["POST ", "PATCH "].iter().all(|m| requests.iter().any(|q| q.starts_with(m) && q.contains("/events")))
+    };
+    while !event_calls(&api.requests()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
 
     let requests = api.requests();
     let used: BTreeSet<String> = requests.iter().map(|r| permission(r)).collect();
