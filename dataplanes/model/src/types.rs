@@ -323,9 +323,11 @@ pub struct ServicePlan {
 }
 
 impl ServicePlan {
-    /// Every backend of the plan, cluster and external, without duplicates, sorted.
+    /// Every backend some traffic can reach: the cluster route's, and the external route's when the plan
+    /// has external frontends. Without duplicates, sorted.
     pub fn all_backends(&self) -> Vec<&Backend> {
-        let mut all: Vec<&Backend> = self.cluster.backends.iter().chain(&self.external.backends).collect();
+        let external = if self.frontends(true).next().is_some() { &self.external.backends[..] } else { &[] };
+        let mut all: Vec<&Backend> = self.cluster.backends.iter().chain(external).collect();
         all.sort();
         all.dedup();
         all

@@ -50,7 +50,7 @@ fn plans(file: &str) -> BTreeMap<PlanKey, ServicePlan> {
 /// already programmed (nothing rewritten), and the dump read back from the kernel matches the plans.
 #[test]
 fn program_restore_dump_round_trip() {
-    for file in ["basic.yaml", "hashing-masquerade.yaml", "masquerade-all.yaml"] {
+    for file in ["basic.yaml", "hashing-masquerade.yaml", "masquerade-all.yaml", "local-policies.yaml"] {
         let ns = Netns::new("rt");
         let desired = plans(file);
         let mut dp = ns.dataplane();
@@ -75,7 +75,7 @@ fn program_restore_dump_round_trip() {
             want.sort();
             assert_eq!(fe, want, "{file}: {}", p.name);
             let be: Vec<_> = s.backends.iter().map(|b| (b.ip, b.port)).collect();
-            let want: Vec<_> = p.cluster.backends.iter().map(|b| (b.ip, b.port)).collect();
+            let want: Vec<_> = p.all_backends().iter().map(|b| (b.ip, b.port)).collect();
             assert_eq!(be, want, "{file}: {}", p.name);
         }
     }
