@@ -5,17 +5,28 @@
 //! captured kernel answers or inject failures; [`NetlinkTransport`] is the real socket. A client talks to the
 //! IPVS of the network namespace its socket was opened in.
 //!
+//! Dump consistency: the kernel's IPVS dumps are not atomic and IPVS never flags them as interrupted. A
+//! dump resumes by counting entries of the kernel's table of services of *all* network namespaces, so a
+//! service added or deleted anywhere on the host between two parts of a dump makes the kernel repeat an
+//! entry or, when the entries span several datagrams, skip one. The client drops repeats
+//! ([`Client::services`], [`Client::destinations`]) and reads with 32 KiB buffers so that the kernel packs
+//! about a hundred services into one datagram (then nothing can be skipped). A larger dump can still miss
+//! an entry changed meanwhile; it shows up in the next dump, so a reconciler should treat an add answered
+//! with `EEXIST` ([`Error::is_exists`]) as done and resync periodically.
+//!
 //! Errors from the kernel keep their errno ([`Error::errno`]); [`Error::is_not_found`] and
 //! [`Error::is_exists`] tell "already gone" and "already there" apart, so a reconciler can treat deleting
 //! what is gone, or adding what is there, as done.
 
 use std::borrow::Cow;
+use std::collections::hash_map::{Entry, HashMap};
 use std::fmt::Debug;
+use std::hash::Hash;
 use std::io;
 
 use netlink_packet_core::{
-    DecodeError, NetlinkBuffer, NetlinkDeserializable, NetlinkMessage, NetlinkPayload, NLM_F_ACK,
-    NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    DecodeError, NetlinkBuffer, NetlinkDeserializable, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP_INTR,
+    NLM_F_REQUEST,
 };
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
@@ -133,6 +144,9 @@ pub trait Transport {
     fn recv(&mut self) -> io::Result<Vec<u8>>;
 }
 
+/// Receive buffer: what iproute2 uses, and the largest dump datagram the kernel makes.
+const RECV_BUFFER: usize = 32 * 1024;
+
 /// A `NETLINK_GENERIC` socket of the current network namespace (of the calling thread).
 #[derive(Debug)]
 pub struct NetlinkTransport {
@@ -161,11 +175,22 @@ impl Transport for NetlinkTransport {
     }
 
     fn recv(&mut self) -> io::Result<Vec<u8>> {
+        let retry = |r: &io::Result<(usize, SocketAddr)>| matches!(r, Err(e) if e.kind() == io::ErrorKind::Interrupted);
+        // Peek with a large buffer: the kernel sizes later dump datagrams after the largest buffer a
+        // `recvmsg` offered (up to 32 KiB), and a dump that fits in one datagram cannot skip entries.
+        let size = loop {
+            let mut peek = Vec::with_capacity(RECV_BUFFER);
+            let r = self.socket.recv_from(&mut peek, libc::MSG_PEEK | libc::MSG_TRUNC);
+            if !retry(&r) {
+                break r?.0;
+            }
+        };
         loop {
-            match self.socket.recv_from_full() {
-                Ok((datagram, _)) => return Ok(datagram),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+            let mut datagram = Vec::with_capacity(size.max(RECV_BUFFER));
+            let r = self.socket.recv_from(&mut datagram, 0);
+            if !retry(&r) {
+                r?;
+                return Ok(datagram);
             }
         }
     }
@@ -237,16 +262,17 @@ impl<T: Transport> Client<T> {
         &mut self.transport
     }
 
-    /// Every service, with counters.
+    /// Every service, with counters, each once (see the module doc on dump consistency).
     pub fn services(&mut self) -> Result<Vec<Service>> {
         let request = request::get_services();
         let name = request.message.cmd.name();
         let replies = self.send(&request)?;
-        replies
+        let services = replies
             .iter()
             .filter_map(|m| m.service_attrs())
             .map(|attrs| Service::from_attrs(attrs).map_err(|source| Error::Reply { request: name.clone(), source }))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok(last_of_each(services, |s| s.id))
     }
 
     /// One service, with counters; [`Error::is_not_found`] if there is none.
@@ -261,19 +287,21 @@ impl<T: Transport> Client<T> {
         Service::from_attrs(attrs).map_err(|source| Error::Reply { request: name, source })
     }
 
-    /// The destinations of a service, with counters. Empty if the service does not exist (the kernel's
-    /// answer).
+    /// The destinations of a service, with counters, each once. Empty if the service does not exist (the
+    /// kernel's answer).
     pub fn destinations(&mut self, id: &ServiceId) -> Result<Vec<Destination>> {
         let request = request::get_dests(id);
         let name = request.message.cmd.name();
         let replies = self.send(&request)?;
-        replies
+        let dests = replies
             .iter()
             .filter_map(|m| m.dest_attrs())
             .map(|attrs| {
-                Destination::from_attrs(attrs, id.family()).map_err(|source| Error::Reply { request: name.clone(), source })
+                Destination::from_attrs(attrs, id.family())
+                    .map_err(|source| Error::Reply { request: name.clone(), source })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok(last_of_each(dests, |d| (d.addr, d.port)))
     }
 
     /// Adds a service; [`Error::is_exists`] if it exists.
@@ -324,7 +352,7 @@ impl<T: Transport> Client<T> {
         let request = request::get_config();
         let name = request.message.cmd.name();
         let replies = self.send(&request)?;
-        let reply = replies.first().ok_or_else(|| Error::Reply {
+        let reply = replies.first().ok_or(Error::Reply {
             request: name,
             source: ConvertError::Missing { object: "reply", attribute: "IPVS_CMD_ATTR_TIMEOUT_TCP" },
         })?;
@@ -363,7 +391,7 @@ impl<T: Transport> Client<T> {
         let name = request.message.cmd.name();
         let sequence_number = self.next_sequence_number();
         let bytes = request.to_bytes(self.family_id, sequence_number);
-        let replies = self.exchange::<GenlMessage<IpvsMessage>>(&name, &bytes, sequence_number, request.kind)?;
+        let replies = self.exchange::<GenlMessage<IpvsMessage>>(name, &bytes, sequence_number, request.kind)?;
         Ok(replies.into_iter().map(|m| m.payload).collect())
     }
 
@@ -384,7 +412,7 @@ impl<T: Transport> Client<T> {
         msg.finalize();
         let mut bytes = vec![0; msg.buffer_len()];
         msg.serialize(&mut bytes);
-        let replies = match self.exchange::<GenlMessage<GenlCtrl>>(&name, &bytes, sequence_number, Kind::Ack) {
+        let replies = match self.exchange::<GenlMessage<GenlCtrl>>(name, &bytes, sequence_number, Kind::Ack) {
             Err(Error::Kernel { errno, .. }) if errno == libc::ENOENT => return Err(Error::FamilyNotFound),
             other => other?,
         };
@@ -400,7 +428,7 @@ impl<T: Transport> Client<T> {
 
     /// Sends one request datagram and reads answers until its acknowledgement, error or end of dump.
     /// Messages of other sequence numbers (answers to an earlier request given up on) are skipped.
-    fn exchange<P>(&mut self, name: &Cow<'static, str>, bytes: &[u8], sequence_number: u32, kind: Kind) -> Result<Vec<P>>
+    fn exchange<P>(&mut self, name: Cow<'static, str>, bytes: &[u8], sequence_number: u32, kind: Kind) -> Result<Vec<P>>
     where
         P: NetlinkDeserializable + Debug,
     {
@@ -415,7 +443,7 @@ impl<T: Transport> Client<T> {
             while !rest.is_empty() {
                 let len = NetlinkBuffer::new_checked(rest).map_err(decode_error)?.length() as usize;
                 let msg = NetlinkMessage::<P>::deserialize(&rest[..len]).map_err(decode_error)?;
-                rest = &rest[(len + 3 & !3).min(rest.len())..];
+                rest = &rest[((len + 3) & !3).min(rest.len())..];
                 if msg.header.sequence_number != sequence_number {
                     continue;
                 }
@@ -442,8 +470,25 @@ impl<T: Transport> Client<T> {
     }
 }
 
-fn kernel_error(name: &Cow<'static, str>, errno: i32) -> Error {
-    Error::Kernel { request: name.clone(), errno, source: io::Error::from_raw_os_error(errno) }
+/// The entries in the order first seen, each key once, holding its last copy (the kernel may repeat an
+/// entry within a dump).
+fn last_of_each<T, K: Eq + Hash>(entries: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
+    let mut index = HashMap::new();
+    let mut out: Vec<T> = Vec::with_capacity(entries.len());
+    for e in entries {
+        match index.entry(key(&e)) {
+            Entry::Occupied(at) => out[*at.get()] = e,
+            Entry::Vacant(slot) => {
+                slot.insert(out.len());
+                out.push(e);
+            }
+        }
+    }
+    out
+}
+
+fn kernel_error(name: Cow<'static, str>, errno: i32) -> Error {
+    Error::Kernel { request: name, errno, source: io::Error::from_raw_os_error(errno) }
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //! Built on rust-netlink's `netlink-packet-core`, `netlink-packet-generic` and `netlink-sys`, as
 //! `netlink-packet-route` and `rtnetlink` are.
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod codec;
 pub mod constants;

@@ -269,6 +269,7 @@ fn programmed(n: ServiceObjects, conflict: bool) -> Programmed {
         fingerprint: (!conflict).then_some(n.fingerprint),
         chains: n.chains.into_keys().collect(),
         sets: n.sets,
+        maps: n.maps.into_keys().collect(),
         counters: n.counters,
         elements: n.elements,
     }
@@ -330,6 +331,13 @@ fn diff(s: &mut String, t: &str, family: Family, old: &Programmed, new: Option<&
     for c in &old.chains {
         w(format!("flush chain {t} {c}"));
     }
+    // Scheduler maps point at endpoint chains: empty or remove them before any chain goes.
+    for map in &old.maps {
+        match new.maps.contains_key(map) {
+            true => w(format!("flush map {t} {map}")),
+            false => w(format!("delete map {t} {map}")),
+        }
+    }
     for c in old.chains.iter().filter(|c| !new.chains.contains_key(*c)) {
         w(format!("delete chain {t} {c}"));
     }
@@ -353,8 +361,14 @@ fn diff(s: &mut String, t: &str, family: Family, old: &Programmed, new: Option<&
     for c in new.counters.difference(&old.counters) {
         w(format!("add counter {t} {c}"));
     }
+    for map in new.maps.keys().filter(|m| !old.maps.contains(*m)) {
+        w(format!("add map {t} {map} {{ typeof numgen random mod 1 : verdict; }}"));
+    }
     for c in new.chains.keys().filter(|c| !old.chains.contains(*c)) {
         w(format!("add chain {t} {c}"));
+    }
+    for (map, elems) in &new.maps {
+        w(format!("add element {t} {map} {{ {} }}", elems.join(", ")));
     }
     for (c, rules) in &new.chains {
         for r in rules {

@@ -34,8 +34,10 @@ pub struct Listing {
     pub set_elements: BTreeMap<String, Vec<String>>,
     /// Named counters: (packets, bytes).
     pub counters: BTreeMap<String, (u64, u64)>,
-    /// Elements of Switchyard's maps as (key, value) in the syntax the translation writes.
+    /// Elements of Switchyard's shared maps as (key, value) in the syntax the translation writes.
     pub elements: BTreeMap<MapName, Vec<(String, String)>>,
+    /// Names of the other (per-Service-port) maps.
+    pub other_maps: BTreeSet<String>,
 }
 
 fn parse_err(message: impl Into<String>) -> Error {
@@ -71,7 +73,10 @@ pub fn parse(json: &str) -> Result<Listing, Error> {
                 l.counters.insert(name, (n("packets"), n("bytes")));
             }
             "map" => {
-                let Some(map) = MapName::parse(&name) else { continue };
+                let Some(map) = MapName::parse(&name) else {
+                    l.other_maps.insert(name);
+                    continue;
+                };
                 let elems = l.elements.entry(map).or_default();
                 for e in obj.get("elem").and_then(Value::as_array).into_iter().flatten() {
                     let pair = e.as_array().filter(|p| p.len() == 2).ok_or_else(|| parse_err("map element"))?;
@@ -118,6 +123,8 @@ pub struct Programmed {
     pub chains: BTreeSet<String>,
     /// Affinity sets and their timeouts.
     pub sets: BTreeMap<String, u32>,
+    /// Scheduler verdict maps.
+    pub maps: BTreeSet<String>,
     /// Counter names.
     pub counters: BTreeSet<String>,
     /// Map elements: (map, key) -> value.
@@ -148,6 +155,11 @@ pub fn restore(l: &Listing) -> Restored {
     for (set, timeout) in &l.sets {
         if let Some(key) = names::owner_key(set) {
             r.services.entry(key.to_string()).or_default().sets.insert(set.clone(), *timeout);
+        }
+    }
+    for map in &l.other_maps {
+        if let Some(key) = names::owner_key(map) {
+            r.services.entry(key.to_string()).or_default().maps.insert(map.clone());
         }
     }
     for counter in l.counters.keys() {

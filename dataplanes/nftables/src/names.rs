@@ -84,6 +84,12 @@ pub fn external_chain(key: &str) -> String {
     format!("external-{key}")
 }
 
+/// The verdict map the scheduler's rule of a route looks its pick up in (a named map: nft handles
+/// thousands of anonymous ones slowly).
+pub fn balance_map(key: &str, external: bool) -> String {
+    if external { format!("lb-external-{key}") } else { format!("lb-cluster-{key}") }
+}
+
 /// The chain that enforces `loadBalancerSourceRanges` before external traffic to an LB IP.
 pub fn firewall_chain(key: &str) -> String {
     format!("firewall-{key}")
@@ -107,7 +113,7 @@ pub fn affinity_set(endpoint: &str) -> String {
 
 /// The Service key an object name belongs to, for any of the per-Service-port objects above.
 pub fn owner_key(name: &str) -> Option<&str> {
-    let rest = ["service-", "external-", "firewall-", "endpoint-", "connections-", "affinity-"]
+    let rest = ["lb-cluster-", "lb-external-", "service-", "external-", "firewall-", "endpoint-", "connections-", "affinity-"]
         .iter()
         .find_map(|p| name.strip_prefix(p))?;
     let key = rest.split("__").next()?;

@@ -129,7 +129,12 @@ fn incremental_touches_only_the_changed_service() {
     assert!(!s.contains("hook"), "the skeleton is not rewritten:\n{s}");
     assert!(s.contains("delete chain ip switchyard endpoint-demo/web/tcp/http__10.244.0.3/8080"), "{s}");
     assert!(s.contains("delete counter ip switchyard endpoint-demo/web/tcp/http__10.244.0.3/8080"), "{s}");
-    assert!(s.contains("numgen inc mod 1 vmap { 0 : goto endpoint-demo/web/tcp/http__10.244.0.2/8080 }"), "{s}");
+    assert!(s.contains("numgen inc mod 1 vmap @lb-cluster-demo/web/tcp/http"), "{s}");
+    assert!(s.contains("flush map ip switchyard lb-cluster-demo/web/tcp/http"), "{s}");
+    assert!(
+        s.contains("add element ip switchyard lb-cluster-demo/web/tcp/http { 0 : goto endpoint-demo/web/tcp/http__10.244.0.2/8080 }"),
+        "{s}"
+    );
     assert!(!s.contains("add counter ip switchyard endpoint-demo/web/tcp/http__10.244.0.2/8080"), "kept counters keep counting:\n{s}");
 
     // Delete the Service altogether.

@@ -46,6 +46,8 @@ pub struct ServiceObjects {
     pub chains: BTreeMap<String, Vec<String>>,
     /// Affinity sets and their timeout in seconds.
     pub sets: BTreeMap<String, u32>,
+    /// The schedulers' verdict maps (`integer : verdict`) and their elements (`0 : goto endpoint-…`).
+    pub maps: BTreeMap<String, Vec<String>>,
     /// Named counters.
     pub counters: BTreeSet<String>,
     /// Elements of the shared maps: (map, key) -> value (with its comment), all as nft syntax.
@@ -93,7 +95,7 @@ pub fn service(plan: &ServicePlan, settings: &Settings, mark_of: &mut dyn FnMut(
         } else if let Some(cidrs) = f.cidrs(&settings.cluster_cidrs) {
             svc_rules.push(format!("{} saddr != {cidrs} jump mark-for-masquerade", f.ip()));
         }
-        balance(&mut svc_rules, plan, &key, &plan.cluster.backends, f);
+        balance(&mut svc_rules, &mut o.maps, plan, &key, false, &plan.cluster.backends, f);
     } else {
         // Reject: reached from the filter hooks through the no-endpoint maps. Drop: from the nat hooks.
         svc_rules.push(empty_verdict(plan.cluster.when_empty).to_string());
@@ -122,7 +124,7 @@ pub fn service(plan: &ServicePlan, settings: &Settings, mark_of: &mut dyn FnMut(
         } else if !plan.external_local && plan.external.backends == plan.cluster.backends {
             rules.push(format!("goto {svc_chain}"));
         } else {
-            balance(&mut rules, plan, &key, &plan.external.backends, f);
+            balance(&mut rules, &mut o.maps, plan, &key, true, &plan.external.backends, f);
         }
         o.chains.insert(ext_chain.clone(), rules);
     }
@@ -188,8 +190,17 @@ fn empty_verdict(when: WhenEmpty) -> &'static str {
     }
 }
 
-/// Appends the affinity rules and the scheduler's rule over `backends` to `rules`.
-fn balance(rules: &mut Vec<String>, plan: &ServicePlan, key: &str, backends: &[Backend], f: Fam) {
+/// Appends the affinity rules and the scheduler's rule over `backends` to `rules`; the rule looks its pick
+/// up in the route's named verdict map, added to `maps`.
+fn balance(
+    rules: &mut Vec<String>,
+    maps: &mut BTreeMap<String, Vec<String>>,
+    plan: &ServicePlan,
+    key: &str,
+    external: bool,
+    backends: &[Backend],
+    f: Fam,
+) {
     let eps: Vec<String> = backends.iter().map(|b| names::endpoint(key, b.ip, b.port)).collect();
     if plan.affinity_timeout.is_some() {
         for ep in &eps {
@@ -205,8 +216,9 @@ fn balance(rules: &mut Vec<String>, plan: &ServicePlan, key: &str, backends: &[B
         // The model only asks for schedulers this dataplane supports; anything else is random.
         _ => format!("numgen random mod {n}"),
     };
-    let arms: Vec<String> = eps.iter().enumerate().map(|(i, ep)| format!("{i} : goto {ep}")).collect();
-    rules.push(format!("{selector} vmap {{ {} }}", arms.join(", ")));
+    let map = names::balance_map(key, external);
+    rules.push(format!("{selector} vmap @{map}"));
+    maps.insert(map, eps.iter().enumerate().map(|(i, ep)| format!("{i} : goto {ep}")).collect());
 }
 
 /// Stable 64-bit FNV-1a: the fingerprint must not change between builds or runs.
@@ -229,6 +241,9 @@ fn fingerprint(o: &ServiceObjects) -> u64 {
     }
     for (name, t) in &o.sets {
         writeln!(text, "set {name} {t}").expect("write to String");
+    }
+    for (name, elems) in &o.maps {
+        writeln!(text, "map {name} {}", elems.join(", ")).expect("write to String");
     }
     for name in &o.counters {
         writeln!(text, "counter {name}").expect("write to String");

@@ -158,8 +158,8 @@ impl Nla for Stats64Attr {
     fn emit_value(&self, buf: &mut [u8]) {
         use Stats64Attr::*;
         match self {
-            Conns(v) | InPkts(v) | OutPkts(v) | InBytes(v) | OutBytes(v) | Cps(v) | InPps(v) | OutPps(v)
-            | InBps(v) | OutBps(v) => buf[..8].copy_from_slice(&v.to_ne_bytes()),
+            Conns(v) | InPkts(v) | OutPkts(v) | InBytes(v) | OutBytes(v) | Cps(v) | InPps(v) | OutPps(v) | InBps(v)
+            | OutBps(v) => buf[..8].copy_from_slice(&v.to_ne_bytes()),
             Other(nla) => nla.emit_value(buf),
         }
     }

@@ -66,7 +66,9 @@ pub fn run() {
         "FWM 7 sh sh-port; TCP [fd00::10]:443 mh -> [fd00:1::2]:8443.",
     ];
 
-    let with = |what: &str| -> Vec<String> { std::iter::once(what.to_string()).chain(state.iter().map(|s| s.to_string())).collect() };
+    let with = |what: &str| -> Vec<String> {
+        std::iter::once(what.to_string()).chain(state.iter().map(|s| s.to_string())).collect()
+    };
     let notes = with("The kernel's answer to IPVS_CMD_GET_SERVICE with NLM_F_DUMP (Debian 12 kernel 6.1).");
     capture(&mut c, "service-dump", &notes.iter().map(String::as_str).collect::<Vec<_>>(), |c| c.services());
     let notes = with("The kernel's answer to IPVS_CMD_GET_DEST dump for TCP 10.96.0.10:80.");
@@ -99,8 +101,10 @@ pub fn run() {
             capture(
                 &mut c,
                 "daemon-dump",
-                &["The kernel's answer to IPVS_CMD_GET_DAEMON dump, with a master sync daemon on sy-d,",
-                  "sync id 7, maxlen 1400, group 224.0.0.81, port 8850, ttl 2."],
+                &[
+                    "The kernel's answer to IPVS_CMD_GET_DAEMON dump, with a master sync daemon on sy-d,",
+                    "sync id 7, maxlen 1400, group 224.0.0.81, port 8850, ttl 2.",
+                ],
                 |c| c.daemons(),
             );
             c.send(&request::del_daemon(DaemonState::Master)).unwrap();

@@ -20,8 +20,21 @@ const PACKAGES: &[(&str, &str)] = &[
 /// Kernel modules loaded at boot: IPVS, every scheduler, and veth for the traffic tests. Their dependencies
 /// come from `modprobe --show-depends`.
 const MODULES: &[&str] = &[
-    "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_wlc", "ip_vs_lblc", "ip_vs_lblcr", "ip_vs_dh", "ip_vs_sh",
-    "ip_vs_sed", "ip_vs_nq", "ip_vs_fo", "ip_vs_ovf", "ip_vs_mh", "veth",
+    "ip_vs",
+    "ip_vs_rr",
+    "ip_vs_wrr",
+    "ip_vs_lc",
+    "ip_vs_wlc",
+    "ip_vs_lblc",
+    "ip_vs_lblcr",
+    "ip_vs_dh",
+    "ip_vs_sh",
+    "ip_vs_sed",
+    "ip_vs_nq",
+    "ip_vs_fo",
+    "ip_vs_ovf",
+    "ip_vs_mh",
+    "veth",
 ];
 
 const INIT: &str = r#"#!/bin/busybox sh
@@ -61,7 +74,7 @@ pub fn main() {
     let kernel = find_kernel();
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ipvs-vm");
     std::fs::create_dir_all(&dir).unwrap();
-    let initramfs = dir.join("initramfs.cpio");
+    let initramfs = dir.join(format!("initramfs-{}.cpio", std::process::id()));
     build_initramfs(&kernel, &initramfs, &args, capture);
     let prepared = started.elapsed();
 
@@ -69,6 +82,7 @@ pub fn main() {
     let boot = Instant::now();
     let run = boot_vm(&kernel, &initramfs, Duration::from_secs(timeout));
     let wall = boot.elapsed();
+    let _ = std::fs::remove_file(&initramfs);
 
     println!(
         "\nvm: kernel {} | initramfs ready in {:.1}s | VM wall time {:.1}s (boot to power-off)",
@@ -142,8 +156,11 @@ fn find_kernels() -> Vec<Kernel> {
             let version = e.file_name().to_string_lossy().into_owned();
             let image = PathBuf::from(format!("/boot/vmlinuz-{version}"));
             let modules = e.path();
-            (image.is_file() && modules.join("kernel/net/netfilter/ipvs/ip_vs.ko").is_file())
-                .then_some(Kernel { version, image, modules })
+            (image.is_file() && modules.join("kernel/net/netfilter/ipvs/ip_vs.ko").is_file()).then_some(Kernel {
+                version,
+                image,
+                modules,
+            })
         })
         .collect();
     found.sort_by_key(|k| version_key(&k.version));
@@ -180,7 +197,11 @@ fn module_files(kernel: &Kernel) -> Vec<PathBuf> {
         }
     }
     for m in MODULES {
-        assert!(files.iter().any(|f| f.file_stem().is_some_and(|s| s == *m)), "module {m} not found for {}", kernel.version);
+        assert!(
+            files.iter().any(|f| f.file_stem().is_some_and(|s| s == *m)),
+            "module {m} not found for {}",
+            kernel.version
+        );
     }
     files
 }
@@ -255,13 +276,13 @@ fn boot_vm(kernel: &Kernel, initramfs: &Path, timeout: Duration) -> Run {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).split(b'\n') {
             let Ok(line) = line else { break };
-            let line = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+            let line = printable(&String::from_utf8_lossy(&line));
             if tx.send(line).is_err() {
                 break;
             }
         }
     });
-    let deadline = Instant::now() + timeout;
+    let mut deadline = Instant::now() + timeout;
     let mut run = Run { exit: None, lines: Vec::new() };
     let mut out = std::io::stdout().lock();
     loop {
@@ -273,12 +294,16 @@ fn boot_vm(kernel: &Kernel, initramfs: &Path, timeout: Duration) -> Run {
                 }
                 if let Some(code) = line.strip_prefix(EXIT_MARKER) {
                     run.exit = code.trim().parse().ok().or(Some(-1));
+                    // The verdict is in; give the power-off a little time, no more.
+                    deadline = deadline.min(Instant::now() + Duration::from_secs(30));
                 }
                 run.lines.push(line);
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                let _ = writeln!(out, "vm: timed out after {}s, killing QEMU", timeout.as_secs());
+                if run.exit.is_none() {
+                    let _ = writeln!(out, "vm: no verdict after {}s, killing QEMU", timeout.as_secs());
+                }
                 let _ = child.kill();
                 break;
             }
@@ -286,6 +311,25 @@ fn boot_vm(kernel: &Kernel, initramfs: &Path, timeout: Duration) -> Run {
     }
     let _ = child.wait();
     run
+}
+
+/// The line without the firmware's terminal escapes and other control characters.
+fn printable(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte; other escapes: ESC and one character.
+            if chars.next_if_eq(&'[').is_some() {
+                while chars.next().is_some_and(|c| !c.is_ascii_alphabetic()) {}
+            } else {
+                chars.next();
+            }
+        } else if !c.is_control() || c == '\t' {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Writes the datagrams the guest printed in capture mode to `tests/captures/NAME.hex`.

@@ -105,7 +105,8 @@ impl Drop for Lab {
 
 /// Connects over TCP, says hello, returns the answer line.
 pub fn ask_tcp(to: SocketAddr) -> String {
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(10)).unwrap_or_else(|e| panic!("connect {to}: {e}"));
+    let mut s =
+        TcpStream::connect_timeout(&to, Duration::from_secs(10)).unwrap_or_else(|e| panic!("connect {to}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"hello\n").unwrap();
     let mut answer = String::new();
