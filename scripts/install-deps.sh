@@ -13,6 +13,11 @@ have socat || need+=(socat)
 have curl || need+=(curl)
 have promtool || need+=(prometheus)
 have shellcheck || need+=(shellcheck)
+# The IPVS tests boot Debian's stock kernel (it has the ip_vs modules) under QEMU with a busybox initramfs.
+have qemu-system-x86_64 || need+=(qemu-system-x86)
+have busybox || need+=(busybox-static)
+have modprobe || need+=(kmod)
+compgen -G '/lib/modules/*/kernel/net/netfilter/ipvs/ip_vs.ko' >/dev/null || need+=(linux-image-amd64)
 
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -44,11 +44,24 @@ struct FileState {
     keys: BTreeSet<ObjectKey>,
 }
 
+/// What the watcher reports.
+enum Wake {
+    /// These files changed (created, written, renamed, removed).
+    Paths(Vec<PathBuf>),
+    /// Something happened that names no file, or events were lost: rescan everything.
+    Rescan,
+}
+
 /// Runs the source until the receiver of `tx` is dropped.
 pub async fn run(dir: PathBuf, tx: super::Sender) {
-    let (wake_tx, mut wake_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-        let _ = wake_tx.try_send(());
+    let (wake_tx, mut wake_rx) = tokio::sync::mpsc::channel::<Wake>(1024);
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let wake = match res {
+            Ok(ev) if !ev.paths.is_empty() && !ev.need_rescan() => Wake::Paths(ev.paths),
+            _ => Wake::Rescan,
+        };
+        // A full queue means a burst: the periodic rescan catches anything dropped here.
+        let _ = wake_tx.try_send(wake);
     })
     .and_then(|mut w| w.watch(&dir, notify::RecursiveMode::NonRecursive).map(|()| w));
     let _watcher = match watcher {
@@ -61,8 +74,9 @@ pub async fn run(dir: PathBuf, tx: super::Sender) {
 
     let mut files: BTreeMap<PathBuf, FileState> = BTreeMap::new();
     let mut first = true;
+    let mut only: Option<BTreeSet<PathBuf>> = None;
     loop {
-        let events = scan(&dir, &mut files, first);
+        let events = scan(&dir, &mut files, first, only.as_ref());
         first = false;
         for ev in events {
             if tx.send(ev).await.is_err() {
@@ -70,41 +84,57 @@ pub async fn run(dir: PathBuf, tx: super::Sender) {
             }
         }
         tokio::select! {
-            _ = wake_rx.recv() => {
-                // Let a burst of writes settle into one rescan.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                while wake_rx.try_recv().is_ok() {}
+            wake = wake_rx.recv() => {
+                // Read only the files named, unless something asks for a full rescan.
+                let mut paths = BTreeSet::new();
+                let mut rescan = false;
+                let mut next = wake;
+                while let Some(w) = next {
+                    match w {
+                        Wake::Paths(p) => paths.extend(p),
+                        Wake::Rescan => rescan = true,
+                    }
+                    next = wake_rx.try_recv().ok();
+                }
+                only = (!rescan).then_some(paths);
             }
-            _ = tokio::time::sleep(POLL) => {}
+            _ = tokio::time::sleep(POLL) => only = None,
             _ = tx.closed() => return,
         }
     }
 }
 
-/// Rescans the directory; returns the events for what changed since the last scan.
-fn scan(dir: &Path, files: &mut BTreeMap<PathBuf, FileState>, first: bool) -> Vec<Event> {
+/// Rescans the directory (or only the files in `only`); returns the events for what changed since the
+/// last scan.
+fn scan(dir: &Path, files: &mut BTreeMap<PathBuf, FileState>, first: bool, only: Option<&BTreeSet<PathBuf>>) -> Vec<Event> {
+    let manifest = |p: &Path| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"));
+    let stamp = |p: &Path| {
+        std::fs::metadata(p).ok().filter(|m| m.is_file()).map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+    };
     let mut present = BTreeMap::new();
-    match std::fs::read_dir(dir) {
-        Ok(entries) => {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-                if !matches!(ext, "yaml" | "yml" | "json") {
-                    continue;
-                }
-                if let Some(meta) = entry.metadata().ok().filter(|m| m.is_file()) {
-                    present.insert(path, (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len()));
-                }
+    let candidates: Vec<PathBuf> = match only {
+        Some(paths) => paths.iter().filter(|p| p.parent() == Some(dir)).cloned().collect(),
+        None => match std::fs::read_dir(dir) {
+            Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "cannot read the manifests directory");
+                Vec::new()
             }
+        },
+    };
+    for path in candidates.into_iter().filter(|p| manifest(p)) {
+        if let Some(st) = stamp(&path) {
+            present.insert(path, st);
         }
-        Err(e) => warn!(dir = %dir.display(), error = %e, "cannot read the manifests directory"),
     }
+    // Files gone: among those looked at (all of them, or the ones named).
+    let looked_at = |p: &PathBuf| only.is_none_or(|o| o.contains(p));
 
     let mut deletes: BTreeSet<ObjectKey> = BTreeSet::new();
     let mut applies: Vec<Object> = Vec::new();
     let mut all: BTreeMap<Kind, Vec<Object>> = BTreeMap::new();
     // Files removed: their objects go.
-    let removed: Vec<PathBuf> = files.keys().filter(|p| !present.contains_key(*p)).cloned().collect();
+    let removed: Vec<PathBuf> = files.keys().filter(|p| looked_at(p) && !present.contains_key(*p)).cloned().collect();
     for path in removed {
         let state = files.remove(&path).expect("listed above");
         info!(file = %path.display(), objects = state.keys.len(), "manifest removed");

@@ -1,3 +1,5 @@
+use std::collections::BTreeSet;
+
 use super::*;
 
 fn tmpdir(tag: &str) -> PathBuf {
@@ -29,20 +31,38 @@ fn scan_reports_changes() {
     let dir = tmpdir("scan");
     std::fs::write(dir.join("a.yaml"), SVC).unwrap();
     let mut files = BTreeMap::new();
-    let first = scan(&dir, &mut files, true);
+    let first = scan(&dir, &mut files, true, None);
     assert_eq!(first.len(), 4);
     assert!(matches!(&first[1], Event::Replace(Kind::Service, v) if v.len() == 1));
     assert_eq!(first[3], Event::Synced);
-    assert!(scan(&dir, &mut files, false).is_empty(), "nothing changed");
+    assert!(scan(&dir, &mut files, false, None).is_empty(), "nothing changed");
 
     // Move the object to another file: applied, not deleted.
     std::fs::write(dir.join("b.yaml"), SVC).unwrap();
     std::fs::remove_file(dir.join("a.yaml")).unwrap();
-    let moved = scan(&dir, &mut files, false);
+    let moved = scan(&dir, &mut files, false, None);
     assert!(matches!(moved.as_slice(), [Event::Apply(_)]), "{moved:?}");
 
     std::fs::remove_file(dir.join("b.yaml")).unwrap();
-    let gone = scan(&dir, &mut files, false);
+    let gone = scan(&dir, &mut files, false, None);
     assert!(matches!(gone.as_slice(), [Event::Delete(k)] if k.name == "web"), "{gone:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With the watcher's paths, only those files are read; a file not named is left alone even if changed.
+#[test]
+fn scan_only_named_files() {
+    let dir = tmpdir("only");
+    std::fs::write(dir.join("a.yaml"), SVC).unwrap();
+    std::fs::write(dir.join("b.yaml"), SVC.replace("name: web", "name: api")).unwrap();
+    let mut files = BTreeMap::new();
+    scan(&dir, &mut files, true, None);
+    std::fs::remove_file(dir.join("a.yaml")).unwrap();
+    std::fs::write(dir.join("b.yaml"), SVC.replace("name: web", "name: api2")).unwrap();
+    let named: BTreeSet<PathBuf> = [dir.join("a.yaml")].into_iter().collect();
+    let ev = scan(&dir, &mut files, false, Some(&named));
+    assert!(matches!(ev.as_slice(), [Event::Delete(k)] if k.name == "web"), "{ev:?}");
+    let ev = scan(&dir, &mut files, false, None);
+    assert_eq!(ev.len(), 2, "the full scan finds b.yaml's change: {ev:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

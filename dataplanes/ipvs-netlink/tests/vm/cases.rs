@@ -382,7 +382,7 @@ fn dumps_hold_each_entry_once_while_other_namespaces_change() {
             n
         })
     };
-    for round in 0..300 {
+    for round in 0..200 {
         let mut ids: Vec<ServiceId> = c.services().unwrap().into_iter().map(|s| s.id).collect();
         ids.sort();
         assert_eq!(ids, expected, "dump {round}");

@@ -103,7 +103,11 @@ pub fn main() {
         eprintln!("vm: the guest test program exited with status {status}");
         std::process::exit(1);
     }
-    println!("vm: all {} cases passed", selected.len());
+    if capture {
+        println!("vm: captures written; review them with git diff");
+    } else {
+        println!("vm: all {} cases passed", selected.len());
+    }
 }
 
 /// Installs the packages that are missing (CI machines start clean).
