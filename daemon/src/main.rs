@@ -178,7 +178,7 @@ fn interface_addresses() -> Vec<std::net::IpAddr> {
         .filter_map(|a| {
             let sa = a.address?;
             let ip: std::net::IpAddr = match (sa.as_sockaddr_in(), sa.as_sockaddr_in6()) {
-                (Some(v4), _) => std::net::Ipv4Addr::from(v4.ip()).into(),
+                (Some(v4), _) => v4.ip().into(),
                 (_, Some(v6)) => v6.ip().into(),
                 _ => return None,
             };

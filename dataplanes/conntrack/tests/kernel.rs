@@ -61,7 +61,7 @@ fn child_deletes() {
     assert_eq!((to("10.244.0.2"), to("10.244.0.3")), (2, 2), "{entries:?}");
 
     let stale = StaleFlows { dst: "10.96.0.10".parse().unwrap(), port: 53, keep: vec![("10.244.0.3".parse().unwrap(), 53)] };
-    assert_eq!(ct.delete_stale(&[stale.clone()]).unwrap(), 2);
+    assert_eq!(ct.delete_stale(std::slice::from_ref(&stale)).unwrap(), 2);
     let after = ct.udp_entries(Family::V4).unwrap();
     assert_eq!(after.len(), 2);
     assert!(after.iter().all(|e| e.reply_src().0 == "10.244.0.3".parse::<IpAddr>().unwrap()));

@@ -91,11 +91,8 @@ pub fn plan_node(opts: &PlanOptions, node: Option<&Node>, interfaces: &[IpAddr])
     let mut plan = NodePlan { service_cidrs: opts.service_cidrs.clone(), ..NodePlan::default() };
     for family in [Family::V4, Family::V6] {
         let mut ips: Option<Vec<IpAddr>> = match &opts.nodeport_addresses {
-            NodePortAddresses::Primary => match node {
-                // Without a Node object there is no primary address to go by: serve every local address.
-                None => None,
-                Some(n) => Some(primary_ip(n, family).into_iter().collect()),
-            },
+            // Without a Node object there is no primary address to go by: serve every local address.
+            NodePortAddresses::Primary => node.map(|n| primary_ip(n, family).into_iter().collect()),
             NodePortAddresses::Cidrs(cidrs) => {
                 let mine: Vec<&ipnet::IpNet> = cidrs.iter().filter(|c| Family::of(&c.addr()) == family).collect();
                 if mine.iter().any(|c| c.prefix_len() == 0) {
