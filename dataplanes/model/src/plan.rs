@@ -20,6 +20,9 @@ pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 /// Label linking an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The most endpoints one Service port is programmed with (per family). Beyond that, the rest are left out
+/// and reported: a runaway Service must not stall the programming of every other one.
+pub const MAX_ENDPOINTS_PER_PORT: usize = 10_000;
 /// The Node label naming its zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Default ClientIP affinity timeout, as in Kubernetes.
@@ -499,7 +502,19 @@ fn endpoints_for(
             by_addr.insert((ip, number), backend);
         }
     }
-    by_addr.into_values().collect()
+    if by_addr.len() > MAX_ENDPOINTS_PER_PORT {
+        problems.push(Problem {
+            kind: "Service",
+            object: format!("{}/{}", spn.namespace, spn.name),
+            reason: "TooManyEndpoints",
+            message: format!(
+                "port {:?} has {} endpoints; only the first {MAX_ENDPOINTS_PER_PORT} (by address) are programmed",
+                spn.port,
+                by_addr.len()
+            ),
+        });
+    }
+    by_addr.into_values().take(MAX_ENDPOINTS_PER_PORT).collect()
 }
 
 fn valid_port(p: i32) -> Option<u16> {

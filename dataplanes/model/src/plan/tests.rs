@@ -338,3 +338,20 @@ fn topology_hints_and_fallbacks() {
     let missing = no_node_hint.replace(", hints: {forZones: [{name: z2}], forNodes: [{name: node-c}]}", "");
     assert_eq!(addrs(&plan_on(&missing, &node("z1")).cluster).len(), 3, "a ready endpoint without hints: all");
 }
+
+/// A Service port with more endpoints than the cap is programmed with the first ones and reported.
+#[test]
+fn too_many_endpoints_are_capped() {
+    let n = MAX_ENDPOINTS_PER_PORT + 5;
+    let eps: Vec<String> =
+        (0..n).map(|i| format!("{{addresses: [10.{}.{}.{}]}}", 100 + i / 65536, (i / 256) % 256, i % 256)).collect();
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: big, namespace: demo}}\nspec:\n  clusterIP: 10.96.0.60\n  ports: [{{port: 80}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: big-1, namespace: demo, labels: {{kubernetes.io/service-name: big}}}}\n\
+         addressType: IPv4\nports: [{{port: 8080}}]\nendpoints: [{}]\n",
+        eps.join(", ")
+    );
+    let (plans, problems) = plan(&yaml, &opts());
+    assert_eq!(plans[0].cluster.backends.len(), MAX_ENDPOINTS_PER_PORT);
+    assert_eq!(problems.iter().filter(|p| p.reason == "TooManyEndpoints").count(), 1, "{:?}", problems.len());
+}
