@@ -73,7 +73,10 @@ impl HealthChecks {
             if self.servers.contains_key(&port) {
                 continue;
             }
-            let listener = match std::net::TcpListener::bind(("0.0.0.0", port))
+            // `[::]` takes IPv4 too (Linux's default bindv6only=0), so load balancers of either family can
+            // probe; without IPv6 in this namespace, IPv4 alone.
+            let listener = match std::net::TcpListener::bind(("::", port))
+                .or_else(|_| std::net::TcpListener::bind(("0.0.0.0", port)))
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .and_then(tokio::net::TcpListener::from_std)
             {

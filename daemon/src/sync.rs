@@ -111,7 +111,10 @@ impl SyncLoop {
     pub async fn run(mut self, mut rx: Receiver<Event>) {
         let mut next: Option<Instant> = None;
         self.health_checks = Some(HealthChecks::new(self.health.clone()));
-        let mut poll = tokio::time::interval(INTERFACE_POLL);
+        // Before anything is programmed: the first sync must know the NodePort addresses, or it would
+        // program (and after a restart, flush) an empty set of them.
+        self.store.set_interfaces((self.interfaces)());
+        let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + INTERFACE_POLL, INTERFACE_POLL);
         loop {
             let deadline = next.map(tokio::time::Instant::from_std);
             tokio::select! {
@@ -266,11 +269,13 @@ impl SyncLoop {
             let node = self.store.node_name();
             ips.extend(plan.external.backends.iter().filter(|b| b.node_name.as_deref() == Some(node)).map(|b| b.ip));
         }
+        // Counted per family, as kube-proxy's per-family proxiers do: a dual-stack pod is one endpoint.
         hc.update(
             desired
                 .into_iter()
                 .map(|(port, (mut e, ips))| {
-                    e.local_endpoints = ips.len();
+                    let v4 = ips.iter().filter(|ip| ip.is_ipv4()).count();
+                    e.local_endpoints = v4.max(ips.len() - v4);
                     (port, e)
                 })
                 .collect(),

@@ -46,7 +46,7 @@ pub struct Options {
     pub dataplane: String,
     /// `--scheduler` (the default scheduler), if given.
     pub scheduler: Option<String>,
-    /// `--cluster-cidr`, if given.
+    /// `--cluster-cidr`, if given (default: the kit's IPv4 and IPv6 pod CIDRs).
     pub cluster_cidr: Option<String>,
     /// `--masquerade-all`.
     pub masquerade_all: bool,
@@ -66,7 +66,7 @@ impl Default for Options {
             node_name: "node".into(),
             dataplane: "nftables".into(),
             scheduler: None,
-            cluster_cidr: Some(crate::netns::CLUSTER_CIDR.into()),
+            cluster_cidr: Some(format!("{},{}", crate::netns::CLUSTER_CIDR, crate::netns::CLUSTER_CIDR6)),
             masquerade_all: false,
             min_sync_period: "100ms".into(),
             healthz_bind_address: "0.0.0.0:10256".into(),
@@ -373,6 +373,20 @@ impl Drop for Daemon<'_> {
     }
 }
 
+/// A minimal HTTP/1.0 GET in the calling thread's namespace: the status code and the body, if an answer
+/// came within `timeout` (for the connection, then again for the answer).
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    let _ = s.take(65_536).read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
 /// A minimal HTTP/1.0 GET in the calling thread's namespace; the status code, if any answer came.
 pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
@@ -404,6 +418,78 @@ pub fn node_yaml(name: &str, internal_ip: &str) -> String {
         "metadata": {"name": name},
         "status": {"addresses": [{"type": "InternalIP", "address": internal_ip}, {"type": "Hostname", "address": name}]},
     }))
+}
+
+/// A v1 Node, built concisely: `Node::new("node").internal_ip("192.168.50.1").label(ZONE, "a").yaml()`.
+#[derive(Debug, Clone, Default)]
+pub struct Node {
+    /// metadata.name.
+    pub name: String,
+    /// status.addresses of type InternalIP, in order.
+    pub internal_ips: Vec<String>,
+    /// metadata.labels.
+    pub labels: BTreeMap<String, String>,
+    /// spec.taints (keys; effect NoSchedule).
+    pub taints: Vec<String>,
+    /// metadata.deletionTimestamp, if set.
+    pub deletion_timestamp: Option<String>,
+}
+
+impl Node {
+    /// A Node without addresses, labels or taints.
+    pub fn new(name: &str) -> Node {
+        Node { name: name.into(), ..Node::default() }
+    }
+
+    /// Adds an InternalIP address.
+    pub fn internal_ip(mut self, ip: impl ToString) -> Node {
+        self.internal_ips.push(ip.to_string());
+        self
+    }
+
+    /// Sets a label (e.g. `topology.kubernetes.io/zone`).
+    pub fn label(mut self, key: &str, value: &str) -> Node {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds a NoSchedule taint with this key (e.g. `ToBeDeletedByClusterAutoscaler`).
+    pub fn taint(mut self, key: &str) -> Node {
+        self.taints.push(key.into());
+        self
+    }
+
+    /// Marks the Node as being deleted (metadata.deletionTimestamp).
+    pub fn deleting(mut self) -> Node {
+        self.deletion_timestamp = Some("2024-01-01T00:00:00Z".into());
+        self
+    }
+
+    /// The Node as a JSON value.
+    pub fn to_value(&self) -> Value {
+        let mut addresses: Vec<Value> =
+            self.internal_ips.iter().map(|ip| json!({"type": "InternalIP", "address": ip})).collect();
+        addresses.push(json!({"type": "Hostname", "address": self.name}));
+        let mut metadata = json!({"name": self.name});
+        if !self.labels.is_empty() {
+            metadata["labels"] = json!(self.labels);
+        }
+        if let Some(t) = &self.deletion_timestamp {
+            metadata["deletionTimestamp"] = json!(t);
+        }
+        let mut v =
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": metadata, "status": {"addresses": addresses}});
+        if !self.taints.is_empty() {
+            let taints: Vec<Value> = self.taints.iter().map(|k| json!({"key": k, "effect": "NoSchedule"})).collect();
+            v["spec"] = json!({"taints": taints});
+        }
+        v
+    }
+
+    /// The Node as a YAML document.
+    pub fn yaml(&self) -> String {
+        yaml(&self.to_value())
+    }
 }
 
 /// One port of a [`Service`].

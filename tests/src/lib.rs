@@ -7,4 +7,5 @@
 pub mod daemon;
 pub mod fake_apiserver;
 pub mod netns;
+pub mod scenario;
 pub mod traffic;

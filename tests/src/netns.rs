@@ -11,10 +11,12 @@
 //! [`Cluster`] is what a simple point-to-point CNI builds: a node namespace (where the daemon runs,
 //! `ip_forward=1`), pod namespaces joined to it by veth pairs with a /32 pod address and a /32 route on the
 //! node side, and one external client on a subnet of its own, whose node-side address is the NodePort
-//! address. Every address lives inside these namespaces only.
+//! address. Every address lives inside these namespaces only. [`Cluster::dual_stack`] adds IPv6 to all of it
+//! (pods `fd00:244::X/128`, gateway `fd00:244::1`, external subnet `fd00:50::/64`), with duplicate address
+//! detection off so every address is usable at once.
 
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -138,6 +140,20 @@ impl Netns {
         self.ip(&["link", "set", dev, "up"]);
     }
 
+    /// Adds an IPv6 address (`fd00:244::10/128`) to a device without duplicate address detection (`nodad`:
+    /// usable at once, never tentative) and brings the device up.
+    pub fn add_addr6(&self, dev: &str, cidr: &str) {
+        self.ip(&["-6", "addr", "add", cidr, "dev", dev, "nodad"]);
+        self.ip(&["link", "set", dev, "up"]);
+    }
+
+    /// Adds an IPv6 route, e.g. `add_route6(&["default", "via", "fd00:50::2"])`.
+    pub fn add_route6(&self, spec: &[&str]) {
+        let mut args = vec!["-6", "route", "add"];
+        args.extend_from_slice(spec);
+        self.ip(&args);
+    }
+
     /// Adds a route, e.g. `add_route(&["10.244.0.2/32", "dev", "vp0"])`.
     pub fn add_route(&self, spec: &[&str]) {
         let mut args = vec!["route", "add"];
@@ -211,6 +227,13 @@ impl Drop for Netns {
     }
 }
 
+/// Turns IPv6 duplicate address detection off for interfaces created in `ns` from now on (their link-local
+/// addresses included), so no address is ever tentative.
+fn no_dad(ns: &Netns) {
+    ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
+    ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
+}
+
 /// Creates a veth pair with one end `a_if` in `a` and the other `b_if` in `b`, both down and without addresses.
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     assert!(a_if.len() <= 15 && b_if.len() <= 15, "interface names are limited to 15 bytes");
@@ -226,6 +249,9 @@ pub struct Pod {
     pub ns: Netns,
     /// The pod IP (`10.244.0.10` for pod0, `.11` for pod1, ...).
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address in a [`Cluster::dual_stack`] (`fd00:244::10` for pod0, `fd00:244::11` for pod1:
+    /// the IPv4 address's last number written as the last group), else `None`.
+    pub ip6: Option<Ipv6Addr>,
     /// The node-side veth (`vp0`, `vp1`, ...).
     pub node_if: String,
 }
@@ -239,6 +265,14 @@ pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
 pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
 /// The pod CIDR the topology takes pod addresses from.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The node's IPv6 gateway address on every pod veth ([`Cluster::dual_stack`]).
+pub const NODE_POD_GW6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 1);
+/// The node's IPv6 address on the external subnet: the IPv6 NodePort address ([`Cluster::dual_stack`]).
+pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 1);
+/// The external client's IPv6 address ([`Cluster::dual_stack`]).
+pub const EXTERNAL_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 2);
+/// The IPv6 pod CIDR ([`Cluster::dual_stack`]).
+pub const CLUSTER_CIDR6: &str = "fd00:244::/64";
 
 /// A node, its pods and one external client, all in namespaces of their own.
 ///
@@ -250,6 +284,10 @@ pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 ///     |
 ///  podI     (eth0 10.244.0.(10+I)/32, route 10.244.0.1 dev eth0, default via 10.244.0.1)
 /// ```
+/// A [`dual_stack`](Cluster::dual_stack) cluster has the same in IPv6 besides: external `fd00:50::2/64`
+/// (default via `fd00:50::1`), node `fd00:50::1/64` on ext0 (default via `fd00:50::2`) and `fd00:244::1/128`
+/// on every vpI with a route to `fd00:244::(10+I)/128`, pods `fd00:244::(10+I)/128` (default via
+/// `fd00:244::1`), and `net.ipv6.conf.all.forwarding=1` on the node.
 /// Drop order: pods, external, then node (fields drop in declaration order).
 #[derive(Debug)]
 pub struct Cluster {
@@ -261,17 +299,34 @@ pub struct Cluster {
     pub node: Netns,
     /// The common prefix of every namespace name in this cluster.
     pub prefix: String,
+    /// Whether the cluster has IPv6 too ([`Cluster::dual_stack`]).
+    pub ipv6: bool,
 }
 
 impl Cluster {
     /// Builds a node with `pods` pods and one external client. Panics (with the reason) if anything fails.
     pub fn new(pods: usize) -> Cluster {
+        Cluster::build(pods, false)
+    }
+
+    /// Builds a node with `pods` pods and one external client, all with IPv4 and IPv6 addresses.
+    pub fn dual_stack(pods: usize) -> Cluster {
+        Cluster::build(pods, true)
+    }
+
+    fn build(pods: usize, ipv6: bool) -> Cluster {
         require_root();
         assert!(pods <= 200, "at most 200 pods");
         let prefix = unique_prefix();
         let node = Netns::new(&format!("{prefix}node"));
         node.sysctl("net.ipv4.ip_forward", "1");
         let external = Netns::new(&format!("{prefix}ext"));
+        if ipv6 {
+            for ns in [&node, &external] {
+                no_dad(ns);
+            }
+            node.sysctl("net.ipv6.conf.all.forwarding", "1");
+        }
 
         veth(&node, "ext0", &external, "eth0");
         node.add_addr("ext0", &format!("{NODE_IP}/24"));
@@ -279,8 +334,14 @@ impl Cluster {
         external.add_route(&["default", "via", &NODE_IP.to_string()]);
         // The node's uplink: off-node traffic (and, before DNAT, Service addresses) routes this way.
         node.add_route(&["default", "via", &EXTERNAL_IP.to_string()]);
+        if ipv6 {
+            node.add_addr6("ext0", &format!("{NODE_IP6}/64"));
+            external.add_addr6("eth0", &format!("{EXTERNAL_IP6}/64"));
+            external.add_route6(&["default", "via", &NODE_IP6.to_string()]);
+            node.add_route6(&["default", "via", &EXTERNAL_IP6.to_string()]);
+        }
 
-        let mut cluster = Cluster { pods: Vec::new(), external, node, prefix };
+        let mut cluster = Cluster { pods: Vec::new(), external, node, prefix, ipv6 };
         for _ in 0..pods {
             cluster.add_pod();
         }
@@ -293,6 +354,9 @@ impl Cluster {
         let name = format!("pod{i}");
         let ip = Ipv4Addr::new(10, 244, 0, 10 + i as u8);
         let ns = Netns::new(&format!("{}p{i}", self.prefix));
+        if self.ipv6 {
+            no_dad(&ns);
+        }
         let node_if = format!("vp{i}");
         veth(&self.node, &node_if, &ns, "eth0");
         self.node.add_addr(&node_if, &format!("{NODE_POD_GW}/32"));
@@ -300,7 +364,16 @@ impl Cluster {
         ns.add_addr("eth0", &format!("{ip}/32"));
         ns.add_route(&[&NODE_POD_GW.to_string(), "dev", "eth0", "scope", "link"]);
         ns.add_route(&["default", "via", &NODE_POD_GW.to_string(), "dev", "eth0"]);
-        self.pods.push(Pod { name, ns, ip, node_if });
+        let ip6 = self.ipv6.then(|| {
+            let ip6: Ipv6Addr = format!("fd00:244::{}", 10 + i).parse().expect("a valid IPv6 address");
+            self.node.add_addr6(&node_if, &format!("{NODE_POD_GW6}/128"));
+            self.node.add_route6(&[&format!("{ip6}/128"), "dev", &node_if]);
+            ns.add_addr6("eth0", &format!("{ip6}/128"));
+            ns.add_route6(&[&NODE_POD_GW6.to_string(), "dev", "eth0"]);
+            ns.add_route6(&["default", "via", &NODE_POD_GW6.to_string(), "dev", "eth0"]);
+            ip6
+        });
+        self.pods.push(Pod { name, ns, ip, ip6, node_if });
         self.pods.last().expect("just pushed")
     }
 
@@ -312,6 +385,16 @@ impl Cluster {
     /// The node's addresses as seen from outside loopback: the NodePort address and the pod gateway.
     pub fn node_addresses(&self) -> Vec<Ipv4Addr> {
         vec![NODE_IP, NODE_POD_GW]
+    }
+
+    /// Every address of the node outside loopback, both families (IPv6 ones in a dual-stack cluster): what a
+    /// backend may see as source when the node masquerades.
+    pub fn node_addresses_all(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self.node_addresses().into_iter().map(IpAddr::from).collect();
+        if self.ipv6 {
+            v.extend([IpAddr::from(NODE_IP6), IpAddr::from(NODE_POD_GW6)]);
+        }
+        v
     }
 
     /// The names of every namespace of this cluster.

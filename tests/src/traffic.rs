@@ -10,11 +10,13 @@
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, ErrorKind, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::netns::Netns;
 
@@ -138,9 +140,24 @@ impl Drop for Server {
 
 /// Starts a TCP server named `name` inside `ns`, listening on `0.0.0.0:port`. Returns once it listens.
 pub fn tcp_server(ns: &Netns, name: &str, port: u16) -> Server {
+    tcp_server_on(ns, name, SocketAddr::from(([0, 0, 0, 0], port)))
+}
+
+/// Starts a TCP server named `name` inside `ns`, listening on `addr`. An IPv6 address listens for IPv6 only
+/// (`IPV6_V6ONLY`), so `[::]:port` and `0.0.0.0:port` can both be served, each seeing plain source addresses.
+pub fn tcp_server_on(ns: &Netns, name: &str, addr: SocketAddr) -> Server {
     let listener = ns
-        .run(|| TcpListener::bind(("0.0.0.0", port)))
-        .unwrap_or_else(|e| panic!("{name}: cannot listen on TCP port {port} in {}: {e}", ns.name()));
+        .run(|| -> io::Result<TcpListener> {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            if addr.is_ipv6() {
+                socket.set_only_v6(true)?;
+            }
+            socket.set_reuse_address(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(128)?;
+            Ok(socket.into())
+        })
+        .unwrap_or_else(|e| panic!("{name}: cannot listen on TCP {addr} in {}: {e}", ns.name()));
     listener.set_nonblocking(true).expect("set_nonblocking");
     let addr = listener.local_addr().expect("local_addr");
     let stop = Arc::new(AtomicBool::new(false));
@@ -204,9 +221,22 @@ fn serve_tcp_conn(stream: TcpStream, peer: SocketAddr, name: &str, stop: &Atomic
 
 /// Starts a UDP server named `name` inside `ns`, bound to `0.0.0.0:port`. Returns once it is bound.
 pub fn udp_server(ns: &Netns, name: &str, port: u16) -> Server {
+    udp_server_on(ns, name, SocketAddr::from(([0, 0, 0, 0], port)))
+}
+
+/// Starts a UDP server named `name` inside `ns`, bound to `addr` (IPv6 only for an IPv6 address, as
+/// [`tcp_server_on`]). Returns once it is bound.
+pub fn udp_server_on(ns: &Netns, name: &str, addr: SocketAddr) -> Server {
     let socket = ns
-        .run(|| UdpSocket::bind(("0.0.0.0", port)))
-        .unwrap_or_else(|e| panic!("{name}: cannot bind UDP port {port} in {}: {e}", ns.name()));
+        .run(|| -> io::Result<UdpSocket> {
+            let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+            if addr.is_ipv6() {
+                socket.set_only_v6(true)?;
+            }
+            socket.bind(&addr.into())?;
+            Ok(socket.into())
+        })
+        .unwrap_or_else(|e| panic!("{name}: cannot bind UDP {addr} in {}: {e}", ns.name()));
     socket.set_read_timeout(Some(Duration::from_millis(50))).expect("set_read_timeout");
     let addr = socket.local_addr().expect("local_addr");
     let stop = Arc::new(AtomicBool::new(false));
@@ -230,8 +260,22 @@ pub fn udp_server(ns: &Netns, name: &str, port: u16) -> Server {
 
 /// In the calling thread's namespace: connects to `addr` over TCP and reads the server's first line.
 pub fn tcp_request_here(addr: SocketAddr, timeout: Duration) -> Outcome {
+    tcp_request_from_here(None, addr, timeout)
+}
+
+/// In the calling thread's namespace: connects to `addr` over TCP from source address `bind` (any port; the
+/// kernel's choice when `None`) and reads the server's first line.
+pub fn tcp_request_from_here(bind: Option<IpAddr>, addr: SocketAddr, timeout: Duration) -> Outcome {
     let started = Instant::now();
-    let stream = match TcpStream::connect_timeout(&addr, timeout) {
+    let connected = match bind {
+        None => TcpStream::connect_timeout(&addr, timeout),
+        Some(ip) => Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).and_then(|s| {
+            s.bind(&SocketAddr::new(ip, 0).into())?;
+            s.connect_timeout(&addr.into(), timeout)?;
+            Ok(s.into())
+        }),
+    };
+    let stream = match connected {
         Ok(s) => s,
         Err(e) => return Outcome::from_io(e, started),
     };
@@ -266,7 +310,13 @@ pub fn tcp_requests(ns: &Netns, addr: SocketAddr, count: usize, timeout: Duratio
 
 /// In the calling thread's namespace: sends one datagram to `addr` from a fresh socket and waits for an answer.
 pub fn udp_request_here(addr: SocketAddr, timeout: Duration) -> Outcome {
-    match UdpClient::connect_here(addr) {
+    udp_request_from_here(None, addr, timeout)
+}
+
+/// In the calling thread's namespace: sends one datagram to `addr` from a fresh socket bound to source
+/// address `bind` (the kernel's choice when `None`) and waits for an answer.
+pub fn udp_request_from_here(bind: Option<IpAddr>, addr: SocketAddr, timeout: Duration) -> Outcome {
+    match UdpClient::connect_from_here(bind, addr) {
         Ok(c) => c.request(timeout),
         Err(e) => Outcome::Error(e.to_string()),
     }
@@ -291,7 +341,16 @@ impl UdpClient {
     }
 
     fn connect_here(addr: SocketAddr) -> io::Result<UdpClient> {
-        let socket = UdpSocket::bind(("0.0.0.0", 0))?;
+        UdpClient::connect_from_here(None, addr)
+    }
+
+    fn connect_from_here(bind: Option<IpAddr>, addr: SocketAddr) -> io::Result<UdpClient> {
+        let local = match (bind, addr) {
+            (Some(ip), _) => SocketAddr::new(ip, 0),
+            (None, SocketAddr::V4(_)) => SocketAddr::from(([0, 0, 0, 0], 0)),
+            (None, SocketAddr::V6(_)) => SocketAddr::from(([0u16; 8], 0)),
+        };
+        let socket = UdpSocket::bind(local)?;
         socket.connect(addr)?;
         Ok(UdpClient { socket })
     }
@@ -386,4 +445,159 @@ pub fn tally(outcomes: &[Outcome]) -> std::collections::BTreeMap<String, usize> 
         *m.entry(k).or_insert(0) += 1;
     }
     m
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// SCTP by hand. Where the kernel has no SCTP sockets (no `sctp` module) but conntrack and NAT handle SCTP,
+// a Service's SCTP path can still be proven: an INIT chunk is built here and sent on a raw IPPROTO_SCTP
+// socket, and a raw socket in the backend's namespace sees what arrived (addresses, ports, checksum).
+
+/// The IP protocol number of SCTP.
+pub const IPPROTO_SCTP: i32 = 132;
+
+/// CRC32c (Castagnoli, reflected polynomial 0x82F63B78): SCTP's checksum (RFC 9260 appendix A).
+pub fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// An SCTP packet from `src_port` to `dst_port` holding one INIT chunk (verification tag 0, as an INIT
+/// must have), with its checksum filled in.
+pub fn sctp_init_packet(src_port: u16, dst_port: u16, initiate_tag: u32) -> Vec<u8> {
+    let mut p = Vec::with_capacity(32);
+    p.extend_from_slice(&src_port.to_be_bytes());
+    p.extend_from_slice(&dst_port.to_be_bytes());
+    p.extend_from_slice(&0u32.to_be_bytes()); // verification tag
+    p.extend_from_slice(&0u32.to_be_bytes()); // checksum, filled in below
+    p.push(1); // chunk type INIT
+    p.push(0); // flags
+    p.extend_from_slice(&20u16.to_be_bytes()); // chunk length
+    p.extend_from_slice(&initiate_tag.to_be_bytes());
+    p.extend_from_slice(&65_535u32.to_be_bytes()); // a_rwnd
+    p.extend_from_slice(&10u16.to_be_bytes()); // outbound streams
+    p.extend_from_slice(&10u16.to_be_bytes()); // inbound streams
+    p.extend_from_slice(&initiate_tag.to_be_bytes()); // initial TSN
+    let sum = crc32c(&p);
+    // The CRC goes on the wire least significant byte first (the kernel's `sctp_compute_cksum`).
+    p[8..12].copy_from_slice(&sum.to_le_bytes());
+    p
+}
+
+/// Whether an SCTP packet's checksum is right.
+pub fn sctp_checksum_ok(packet: &[u8]) -> bool {
+    if packet.len() < 12 {
+        return false;
+    }
+    let mut copy = packet.to_vec();
+    copy[8..12].copy_from_slice(&[0; 4]);
+    crc32c(&copy).to_le_bytes() == packet[8..12]
+}
+
+/// In the calling thread's namespace: sends an SCTP INIT with initiate tag `tag` from source port
+/// `src_port` to `dst` on a raw socket (the kernel adds the IPv4 header and picks the source address).
+pub fn send_sctp_init_here(dst: SocketAddrV4, src_port: u16, tag: u32) -> io::Result<()> {
+    let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(IPPROTO_SCTP)))?;
+    let packet = sctp_init_packet(src_port, dst.port(), tag);
+    socket.send_to(&packet, &SocketAddr::V4(SocketAddrV4::new(*dst.ip(), 0)).into())?;
+    Ok(())
+}
+
+/// From `ns`: sends an SCTP INIT with initiate tag `tag` to `dst` from source port `src_port`.
+pub fn send_sctp_init(ns: &Netns, dst: SocketAddrV4, src_port: u16, tag: u32) {
+    ns.run(|| send_sctp_init_here(dst, src_port, tag))
+        .unwrap_or_else(|e| panic!("cannot send an SCTP INIT to {dst} from {}: {e}", ns.name()));
+}
+
+/// An SCTP packet as it arrived in a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SctpSeen {
+    /// Source address and port (after any NAT).
+    pub src: SocketAddrV4,
+    /// Destination address and port (after any NAT).
+    pub dst: SocketAddrV4,
+    /// The first chunk's type (1: INIT).
+    pub chunk_type: u8,
+    /// An INIT's initiate tag (0 for other chunks): tells the packets of one test apart whatever NAT did
+    /// to their ports.
+    pub initiate_tag: u32,
+    /// Whether the SCTP checksum is right (NAT must fix it up after rewriting ports).
+    pub checksum_ok: bool,
+}
+
+/// A raw IPPROTO_SCTP socket in a namespace: sees every IPv4 SCTP packet delivered there.
+#[derive(Debug)]
+pub struct SctpSniffer {
+    socket: Socket,
+}
+
+impl SctpSniffer {
+    /// Opens the raw socket inside `ns`.
+    pub fn open(ns: &Netns) -> SctpSniffer {
+        let socket = ns
+            .run(|| Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(IPPROTO_SCTP))))
+            .unwrap_or_else(|e| panic!("cannot open a raw SCTP socket in {}: {e}", ns.name()));
+        SctpSniffer { socket }
+    }
+
+    /// Waits up to `timeout` for an SCTP INIT with initiate tag `tag` (other packets are skipped).
+    pub fn wait_for(&self, tag: u32, timeout: Duration) -> Option<SctpSeen> {
+        let started = Instant::now();
+        let mut buf = [0u8; 2048];
+        loop {
+            let remaining = timeout.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                return None;
+            }
+            self.socket.set_read_timeout(Some(remaining)).ok()?;
+            let n = match io::Read::read(&mut &self.socket, &mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return None,
+            };
+            if let Some(seen) = parse_ipv4_sctp(&buf[..n]).filter(|s| s.chunk_type == 1 && s.initiate_tag == tag) {
+                return Some(seen);
+            }
+        }
+    }
+}
+
+/// Parses an IPv4 packet (header included, as raw IPv4 sockets deliver it) holding SCTP.
+fn parse_ipv4_sctp(p: &[u8]) -> Option<SctpSeen> {
+    let ihl = usize::from(*p.first()? & 0x0f) * 4;
+    if p.len() < ihl + 20 || p[9] != IPPROTO_SCTP as u8 {
+        return None;
+    }
+    let ip = |at: usize| Ipv4Addr::new(p[at], p[at + 1], p[at + 2], p[at + 3]);
+    let sctp = &p[ihl..];
+    let port = |at: usize| u16::from_be_bytes([sctp[at], sctp[at + 1]]);
+    Some(SctpSeen {
+        src: SocketAddrV4::new(ip(12), port(0)),
+        dst: SocketAddrV4::new(ip(16), port(2)),
+        chunk_type: sctp[12],
+        initiate_tag: if sctp[12] == 1 { u32::from_be_bytes([sctp[16], sctp[17], sctp[18], sctp[19]]) } else { 0 },
+        checksum_ok: sctp_checksum_ok(sctp),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CRC32c matches the standard check value, and a built INIT passes its own checksum test.
+    #[test]
+    fn crc32c_and_init_checksum() {
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        let p = sctp_init_packet(40000, 80, 7);
+        assert_eq!(p.len(), 32);
+        assert!(sctp_checksum_ok(&p));
+        let mut bad = p.clone();
+        bad[1] ^= 1;
+        assert!(!sctp_checksum_ok(&bad));
+    }
 }

@@ -285,11 +285,17 @@ pub fn plan_service(
     let mut seen_ports = BTreeSet::new();
     for port in spec.ports.iter().flatten() {
         let Some(protocol) = Protocol::parse(port.protocol.as_deref().unwrap_or("TCP")) else {
-            problem("InvalidProtocol", format!("port {:?}: protocol {:?} unknown; skipped", port.name, port.protocol));
+            problem(
+                "InvalidProtocol",
+                format!("port {:?}: protocol {:?} unknown; skipped", port.name.as_deref().unwrap_or(""), port.protocol),
+            );
             continue;
         };
         let Some(number) = valid_port(port.port) else {
-            problem("InvalidPort", format!("port {:?}: {} is out of range; skipped", port.name, port.port));
+            problem(
+                "InvalidPort",
+                format!("port {:?}: {} is out of range; skipped", port.name.as_deref().unwrap_or(""), port.port),
+            );
             continue;
         };
         let port_name = port.name.clone().unwrap_or_default();
@@ -349,6 +355,34 @@ pub fn plan_service(
                 source_ranges,
                 health_check_node_port,
             });
+        }
+    }
+    // EndpointSlice ports naming no port of the Service: skipped (nothing can route to them), and said.
+    let known: BTreeSet<(String, Protocol)> = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| Some((p.name.clone().unwrap_or_default(), Protocol::parse(p.protocol.as_deref().unwrap_or("TCP"))?)))
+        .collect();
+    for slice in slices {
+        for port in slice.ports.iter().flatten() {
+            let name = port.name.clone().unwrap_or_default();
+            let proto = Protocol::parse(port.protocol.as_deref().unwrap_or("TCP"));
+            if proto.is_some_and(|p| !known.contains(&(name.clone(), p))) {
+                slice_problems.push(Problem {
+                    kind: "EndpointSlice",
+                    object: format!(
+                        "{}/{}",
+                        slice.metadata.namespace.as_deref().unwrap_or(""),
+                        slice.metadata.name.as_deref().unwrap_or("")
+                    ),
+                    reason: "UnknownPort",
+                    message: format!(
+                        "port {name:?}/{} names no port of Service {object}; skipped",
+                        port.protocol.as_deref().unwrap_or("TCP")
+                    ),
+                });
+            }
         }
     }
     problems.append(&mut slice_problems);

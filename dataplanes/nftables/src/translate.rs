@@ -98,7 +98,7 @@ pub fn service(plan: &ServicePlan, settings: &Settings, mark_of: &mut dyn FnMut(
         balance(&mut svc_rules, &mut o.maps, plan, &key, false, &plan.cluster.backends, f);
     } else {
         // Reject: reached from the filter hooks through the no-endpoint maps. Drop: from the nat hooks.
-        svc_rules.push(empty_verdict(plan.cluster.when_empty).to_string());
+        svc_rules.extend(empty_verdict(plan.cluster.when_empty).iter().map(|r| r.to_string()));
     }
 
     // The external path.
@@ -120,7 +120,7 @@ pub fn service(plan: &ServicePlan, settings: &Settings, mark_of: &mut dyn FnMut(
             rules.push("jump mark-for-masquerade".to_string());
         }
         if plan.external.backends.is_empty() {
-            rules.push(empty_verdict(plan.external.when_empty).to_string());
+            rules.extend(empty_verdict(plan.external.when_empty).iter().map(|r| r.to_string()));
         } else if !plan.external_local && plan.external.backends == plan.cluster.backends {
             rules.push(format!("goto {svc_chain}"));
         } else {
@@ -183,10 +183,14 @@ pub fn service(plan: &ServicePlan, settings: &Settings, mark_of: &mut dyn FnMut(
     o
 }
 
-fn empty_verdict(when: WhenEmpty) -> &'static str {
+/// The rules that refuse new connections at once: a TCP reset for TCP (an ICMPv6 unreachable makes Linux
+/// wait for a SYN retransmission before it gives up), ICMP port unreachable for the rest.
+const REJECT: [&str; 2] = ["meta l4proto tcp reject with tcp reset", "reject"];
+
+fn empty_verdict(when: WhenEmpty) -> &'static [&'static str] {
     match when {
-        WhenEmpty::Reject => "reject",
-        WhenEmpty::Drop => "drop",
+        WhenEmpty::Reject => &REJECT,
+        WhenEmpty::Drop => &["drop"],
     }
 }
 
@@ -322,7 +326,8 @@ pub fn skeleton(family: Family, table: &str, node: &NodePlan) -> String {
                 format!("{ip} daddr . meta l4proto . th dport vmap @{}", MapName::NoEndpointServices.as_str()),
                 format!("{nodeport_match} vmap @{}", MapName::NoEndpointNodeports.as_str()),
                 // A live ClusterIP on a port no Service has: refused, as kube-proxy does.
-                format!("{ip} daddr @{CLUSTER_IPS} reject"),
+                format!("{ip} daddr @{CLUSTER_IPS} {}", REJECT[0]),
+                format!("{ip} daddr @{CLUSTER_IPS} {}", REJECT[1]),
                 // An address of the Service range that no Service has: dropped.
                 format!("{ip} daddr @{SERVICE_CIDRS} drop"),
             ],
