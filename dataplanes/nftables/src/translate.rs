@@ -4,13 +4,17 @@
 //! Layout of the table (one per family, `ip switchyard` / `ip6 switchyard`):
 //! - verdict maps `service-ips` (address . protocol . port) and `service-nodeports` (protocol . port)
 //!   dispatch new connections from the `nat-prerouting` / `nat-output` hooks to a Service port's chains, so the
-//!   cost of a packet does not grow with the number of Services;
-//! - maps `no-endpoint-services` / `no-endpoint-nodeports`, consulted from the filter hooks, send new
-//!   connections to Service ports without endpoints to a chain that rejects them;
+//!   cost of a packet does not grow with the number of Services; NodePorts only on the `nodeport-ips` set's
+//!   addresses (or every local address);
+//! - maps `no-endpoint-services` / `no-endpoint-nodeports`, consulted from the filter hooks after DNAT, send
+//!   new connections to Service ports without any endpoint to a chain that rejects them; the same hooks
+//!   reject unknown ports of live ClusterIPs (`cluster-ips`) and drop unallocated Service addresses
+//!   (`service-cidrs`);
 //! - per Service port `K` (`namespace/name/protocol/port`): chain `service-K` (cluster traffic: masquerade
-//!   rules, affinity, the scheduler's rule), chain `external-K` (NodePort/externalIP/LB traffic) and per
-//!   backend a chain `endpoint-K__IP/PORT` that marks hairpin traffic, records affinity, tags the
-//!   connection with the backend's conntrack mark and DNATs;
+//!   rules, affinity, the scheduler's rule; or reject/drop), chain `external-K` (NodePort/externalIP/LB
+//!   traffic; the Local-policy short-circuit), chain `firewall-K` (LB source ranges), the scheduler's named
+//!   verdict maps `lb-cluster-K` / `lb-external-K`, and per backend a chain `endpoint-K__IP/PORT` that marks
+//!   hairpin traffic, records affinity, tags the connection with the backend's conntrack mark and DNATs;
 //! - named counters `endpoint-K__IP/PORT` (packets and bytes both ways, counted in `accounting-*` through the
 //!   `backend-counters` map keyed by conntrack mark) and `connections-K__IP/PORT` (new connections);
 //! - per backend, when the Service has ClientIP affinity, a timeout set `affinity-K__IP/PORT` of client
