@@ -33,13 +33,13 @@ enum Command {
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
-        /// Which dataplane's state to read.
+        /// Which dataplane's state to read: nftables or ipvs.
         #[arg(long, default_value = "nftables")]
         dataplane: String,
     },
     /// Remove everything Switchyard programmed in this network namespace.
     Cleanup {
-        /// Which dataplane's state to remove.
+        /// Which dataplane's state to remove: nftables or ipvs.
         #[arg(long, default_value = "nftables")]
         dataplane: String,
     },
@@ -54,9 +54,13 @@ enum Format {
 fn dataplane(name: &str, settings: Settings) -> anyhow::Result<Box<dyn Dataplane>> {
     match name {
         "nftables" => Ok(Box::new(NftablesDataplane::new(settings, Box::new(NftCommand::default())))),
-        other => bail!("unknown dataplane {other:?}: this build has nftables"),
+        "ipvs" => Ok(Box::new(switchyard_ipvs::IpvsDataplane::new(switchyard_ipvs::Settings::new(settings)))),
+        other => bail!("unknown dataplane {other:?}: this build has {}", DATAPLANES.join(", ")),
     }
 }
+
+/// The dataplanes this build has.
+const DATAPLANES: [&str; 2] = ["nftables", "ipvs"];
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

@@ -8,12 +8,14 @@ use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::{
-    Backend, Family, Frontend, FrontendKind, NodePlan, Protocol, Route, Scheduler, ServiceName, ServicePlan,
-    ServicePortName, WhenEmpty,
+    Backend, Family, Frontend, FrontendKind, NodePlan, Protocol, Route, Scheduler, SchedulerFlags, ServiceName,
+    ServicePlan, ServicePortName, WhenEmpty,
 };
 
 /// Annotation choosing a Service's scheduler.
 pub const SCHEDULER_ANNOTATION: &str = "switchyard.io/scheduler";
+/// Annotation setting flags of the `sh` and `mh` schedulers (`sh-fallback,sh-port`, `mh-port`, ...).
+pub const SCHEDULER_FLAGS_ANNOTATION: &str = "switchyard.io/scheduler-flags";
 /// Label that hands a Service to another proxy (kube-proxy ignores Services carrying it).
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// Label marking a Service headless.
@@ -233,6 +235,22 @@ pub fn plan_service(
         );
         Scheduler::Random
     };
+    let scheduler_flags = match svc.metadata.annotations.as_ref().and_then(|a| a.get(SCHEDULER_FLAGS_ANNOTATION)) {
+        None => SchedulerFlags::default(),
+        Some(v) if !matches!(scheduler, Scheduler::Sh | Scheduler::Mh) => {
+            if !v.trim().is_empty() {
+                problem(
+                    "InvalidSchedulerFlags",
+                    format!("{SCHEDULER_FLAGS_ANNOTATION}: {v:?}: scheduler {scheduler} has no flags; ignored"),
+                );
+            }
+            SchedulerFlags::default()
+        }
+        Some(v) => SchedulerFlags::parse(scheduler, v).unwrap_or_else(|e| {
+            problem("InvalidSchedulerFlags", format!("{SCHEDULER_FLAGS_ANNOTATION}: {e}; using none"));
+            SchedulerFlags::default()
+        }),
+    };
     let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         let t = spec
             .session_affinity_config
@@ -348,6 +366,7 @@ pub fn plan_service(
                 family,
                 frontends,
                 scheduler,
+                scheduler_flags,
                 affinity_timeout,
                 cluster: route(policy.internal_local),
                 external: route(policy.external_local),

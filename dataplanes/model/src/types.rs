@@ -274,6 +274,48 @@ impl fmt::Display for Scheduler {
     }
 }
 
+/// Flags of the hashing schedulers `sh` and `mh` (ipvsadm's `sh-fallback`, `sh-port`, `mh-fallback`,
+/// `mh-port`), from the `switchyard.io/scheduler-flags` annotation. Both off for every other scheduler.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SchedulerFlags {
+    /// Pick another backend when the hashed one is unavailable (weight 0, draining) instead of refusing the
+    /// connection (`sh-fallback` / `mh-fallback`).
+    pub fallback: bool,
+    /// Hash the client's source port as well as its address (`sh-port` / `mh-port`).
+    pub port: bool,
+}
+
+impl SchedulerFlags {
+    /// Parses the annotation: a comma-separated list of `<scheduler>-fallback` and `<scheduler>-port`, where
+    /// `<scheduler>` is the one in use (`sh` or `mh`); empty items and surrounding whitespace are ignored.
+    pub fn parse(scheduler: Scheduler, value: &str) -> Result<SchedulerFlags, String> {
+        let mut flags = SchedulerFlags::default();
+        for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let Some(name) = item.strip_prefix(scheduler.as_str()).and_then(|r| r.strip_prefix('-')) else {
+                return Err(format!("flag {item:?} is not one of scheduler {scheduler}"));
+            };
+            match (scheduler, name) {
+                (Scheduler::Sh | Scheduler::Mh, "fallback") => flags.fallback = true,
+                (Scheduler::Sh | Scheduler::Mh, "port") => flags.port = true,
+                _ => return Err(format!("unknown flag {item:?} for scheduler {scheduler}")),
+            }
+        }
+        Ok(flags)
+    }
+
+    /// The flags as the annotation writes them (`sh-fallback,sh-port`), empty without any.
+    pub fn to_annotation(self, scheduler: Scheduler) -> String {
+        let mut items = Vec::new();
+        if self.fallback {
+            items.push(format!("{scheduler}-fallback"));
+        }
+        if self.port {
+            items.push(format!("{scheduler}-port"));
+        }
+        items.join(",")
+    }
+}
+
 /// What happens to new connections of a traffic class that has no backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum WhenEmpty {
@@ -305,6 +347,8 @@ pub struct ServicePlan {
     pub frontends: Vec<Frontend>,
     /// How a backend is picked.
     pub scheduler: Scheduler,
+    /// Flags of the `sh` and `mh` schedulers (`switchyard.io/scheduler-flags`); all off for others.
+    pub scheduler_flags: SchedulerFlags,
     /// `sessionAffinity: ClientIP` timeout in seconds, if affinity is on.
     pub affinity_timeout: Option<u32>,
     /// Traffic to ClusterIPs (follows `internalTrafficPolicy`).

@@ -26,6 +26,7 @@ fn plan(protocol: Protocol, backends: &[u8]) -> ServicePlan {
             Frontend { kind: FrontendKind::NodePort, ip: Family::V4.unspecified(), port: 30053 },
         ],
         scheduler: Scheduler::Random,
+        scheduler_flags: Default::default(),
         affinity_timeout: None,
         cluster: route.clone(),
         external: route,

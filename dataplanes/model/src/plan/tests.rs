@@ -355,3 +355,40 @@ fn too_many_endpoints_are_capped() {
     assert_eq!(plans[0].cluster.backends.len(), MAX_ENDPOINTS_PER_PORT);
     assert_eq!(problems.iter().filter(|p| p.reason == "TooManyEndpoints").count(), 1, "{:?}", problems.len());
 }
+
+fn with_annotations(scheduler: &str, flags: Option<&str>) -> String {
+    let flags = flags.map_or(String::new(), |f| format!(", switchyard.io/scheduler-flags: \"{f}\""));
+    WEB.replace("{switchyard.io/scheduler: rr}", &format!("{{switchyard.io/scheduler: {scheduler}{flags}}}"))
+}
+
+/// `switchyard.io/scheduler-flags` sets the sh and mh flags, in any order and with whitespace.
+#[test]
+fn scheduler_flags_for_sh_and_mh() {
+    let (plans, problems) = plan(&with_annotations("sh", Some("sh-port, sh-fallback")), &opts());
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!((plans[0].scheduler, plans[0].scheduler_flags), (Scheduler::Sh, SchedulerFlags { fallback: true, port: true }));
+    let (plans, problems) = plan(&with_annotations("mh", Some("mh-port")), &opts());
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(plans[0].scheduler_flags, SchedulerFlags { fallback: false, port: true });
+    assert_eq!(plans[0].scheduler_flags.to_annotation(Scheduler::Mh), "mh-port");
+    let (plans, _) = plan(&with_annotations("mh", None), &opts());
+    assert_eq!(plans[0].scheduler_flags, SchedulerFlags::default(), "no annotation: no flags");
+}
+
+/// Flags of another scheduler, unknown flags, and flags on a scheduler without any are reported and ignored;
+/// so are flags when the requested scheduler is refused and random is used instead.
+#[test]
+fn bad_scheduler_flags_are_reported_and_ignored() {
+    for (scheduler, flags) in [("sh", "mh-port"), ("mh", "mh-bogus"), ("rr", "sh-port"), ("sh", "port")] {
+        let (plans, problems) = plan(&with_annotations(scheduler, Some(flags)), &opts());
+        assert_eq!(plans[0].scheduler_flags, SchedulerFlags::default(), "{scheduler} {flags}");
+        let reasons: Vec<&str> = problems.iter().map(|p| p.reason).collect();
+        assert_eq!(reasons, ["InvalidSchedulerFlags"], "{scheduler} {flags}");
+    }
+    let mut o = opts();
+    o.supported_schedulers = [Scheduler::Random].into_iter().collect();
+    let (plans, problems) = plan(&with_annotations("sh", Some("sh-port")), &o);
+    assert_eq!((plans[0].scheduler, plans[0].scheduler_flags), (Scheduler::Random, SchedulerFlags::default()));
+    let reasons: Vec<&str> = problems.iter().map(|p| p.reason).collect();
+    assert_eq!(reasons, ["SchedulerRefused", "InvalidSchedulerFlags"]);
+}

@@ -1,0 +1,81 @@
+//! The IPVS dataplane against a real kernel: Debian's stock kernel booted under QEMU, because the host's
+//! kernel may have no IPVS. One executable plays both parts (the harness of `switchyard-ipvs-netlink`'s VM
+//! test, extended):
+//!
+//! - on the host (what `cargo test` runs), [`driver`] packs this very executable, busybox, iproute2's `ip`,
+//!   `nft` (for the companion table) with their libraries, and the `ip_vs`, `dummy` and nf_tables modules
+//!   into an initramfs, boots the kernel with it, streams the serial console, and fails unless the guest
+//!   reports that every case passed;
+//! - inside the VM (`/init` sets `SWITCHYARD_IPVS_DP_GUEST=1`), [`guest`] runs the cases of [`cases`], each
+//!   in its own thread and network namespace (the node), with pods and an external client in namespaces of
+//!   their own ([`netns`]).
+//!
+//! Usage: `cargo test -p switchyard-ipvs --test vm [-- FILTER...]`; a filter selects cases by substring, as
+//! libtest does, and no VM boots when none is selected. Needs root (to install the packages if missing and
+//! to read /boot); without it, it fails saying so.
+
+mod cases;
+mod driver;
+mod guest;
+mod netns;
+
+/// Set by the guest's `/init`.
+const GUEST_ENV: &str = "SWITCHYARD_IPVS_DP_GUEST";
+/// The guest prints this, then its exit status, as its last word.
+const EXIT_MARKER: &str = "SWITCHYARD-VM-EXIT=";
+
+fn main() {
+    if std::env::var_os(GUEST_ENV).is_some() {
+        guest::main()
+    } else {
+        driver::main()
+    }
+}
+
+/// libtest-like command-line arguments: filters, `--skip`, `--exact`, `--list`; other flags are accepted and
+/// ignored (cargo passes `--test-threads`, `--nocapture`, ...).
+#[derive(Debug, Default, Clone)]
+struct Args {
+    filters: Vec<String>,
+    skip: Vec<String>,
+    exact: bool,
+    list: bool,
+}
+
+impl Args {
+    fn parse(args: impl IntoIterator<Item = String>) -> Args {
+        let mut out = Args::default();
+        let mut args = args.into_iter();
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "--list" => out.list = true,
+                "--exact" => out.exact = true,
+                "--skip" => out.skip.extend(args.next()),
+                "--test-threads" | "--color" | "--format" | "--logfile" | "-Z" | "--shuffle-seed" => {
+                    args.next();
+                }
+                _ if a.starts_with("--skip=") => out.skip.push(a["--skip=".len()..].to_string()),
+                _ if a.starts_with('-') => {}
+                _ => out.filters.push(a),
+            }
+        }
+        out
+    }
+
+    fn selects(&self, name: &str) -> bool {
+        let matches = |f: &String| if self.exact { name == f } else { name.contains(f.as_str()) };
+        (self.filters.is_empty() || self.filters.iter().any(matches)) && !self.skip.iter().any(matches)
+    }
+
+    fn to_lines(&self) -> String {
+        let mut lines = Vec::new();
+        if self.exact {
+            lines.push("--exact".to_string());
+        }
+        for s in &self.skip {
+            lines.push(format!("--skip={s}"));
+        }
+        lines.extend(self.filters.iter().cloned());
+        lines.join("\n")
+    }
+}
