@@ -13,6 +13,8 @@ have socat || need+=(socat)
 have curl || need+=(curl)
 have promtool || need+=(prometheus)
 have shellcheck || need+=(shellcheck)
+# The benchmark's kube-proxy peer baseline (bench/README.md).
+have iptables-legacy-restore || need+=(iptables)
 # The IPVS tests boot Debian's stock kernel (it has the ip_vs modules) under QEMU with a busybox initramfs.
 have qemu-system-x86_64 || need+=(qemu-system-x86)
 have busybox || need+=(busybox-static)

@@ -56,12 +56,15 @@ impl NftCommand {
 impl Nft for NftCommand {
     fn apply(&self, script: &str) -> Result<(), Error> {
         let mut child = self.command().args(["-f", "-"]).spawn().map_err(|e| self.io("apply", e))?;
-        // Write on a thread so a large script cannot deadlock against nft's own output.
+        // Write on a thread so a large script cannot deadlock against nft's own output; scoped, so the
+        // script (tens of MB at scale) is not copied.
         let mut stdin = child.stdin.take().expect("stdin is piped");
-        let script_owned = script.to_owned();
-        let writer = std::thread::spawn(move || stdin.write_all(script_owned.as_bytes()));
-        let out = child.wait_with_output().map_err(|e| self.io("apply", e))?;
-        let written = writer.join().expect("writer thread does not panic");
+        let (out, written) = std::thread::scope(|s| {
+            let writer = s.spawn(move || stdin.write_all(script.as_bytes()));
+            let out = child.wait_with_output();
+            (out, writer.join().expect("writer thread does not panic"))
+        });
+        let out = out.map_err(|e| self.io("apply", e))?;
         if !out.status.success() {
             return Err(Error::Rejected { dataplane: DATAPLANE, message: summarize(&out.stderr) });
         }

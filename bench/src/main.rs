@@ -1,0 +1,565 @@
+//! `switchyard-bench`: programs N Services × M endpoints with the release daemon in a network namespace and
+//! reports, per dataplane, full and incremental sync times against the kernel's own loading cost, the
+//! daemon's peak RSS, and connect() latency through a ClusterIP against a direct connect, with kube-proxy's
+//! iptables-mode rules for the same N as the peer baseline in the same run. See bench/README.md.
+
+mod daemon;
+mod iptables;
+mod manifests;
+mod netns;
+mod probe;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+
+use crate::daemon::Daemon;
+use crate::netns::{Netns, Topology};
+use crate::probe::Latency;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "switchyard-bench",
+    about = "Benchmark Switchyard's dataplanes against the kernel and kube-proxy's iptables rules"
+)]
+pub struct Args {
+    /// Numbers of Services, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000")]
+    sizes: Vec<usize>,
+    /// Endpoints per Service.
+    #[arg(long, default_value_t = 10)]
+    endpoints: usize,
+    /// Also write the report (Markdown) to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Timed connects per target and size (after 50 warm-up rounds).
+    #[arg(long, default_value_t = 1000)]
+    connects: usize,
+    /// One-endpoint changes per size (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    changes: usize,
+    /// No further one-endpoint change at a size once the changes there have taken this long (at least one
+    /// is always made).
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    changes_budget: Duration,
+    /// Up to this many Services, also time `nft list table` (what the daemon's restore, `switchyard dump`
+    /// and `/metrics` read) and `nft -f` of that listing. The kernel's dumps are quadratic in the number of
+    /// objects: at 10,000 Services × 10 listing takes about 40 s, at 50,000 it would take many minutes.
+    #[arg(long, default_value_t = 10_000)]
+    list_max: usize,
+    /// Dataplanes to run, comma-separated (nftables, ipvs, ebpf).
+    #[arg(long, value_delimiter = ',', default_value = "nftables,ipvs,ebpf")]
+    dataplanes: Vec<String>,
+    /// Which iptables backend the kube-proxy peer baseline uses.
+    #[arg(long, value_enum, default_value_t = iptables::Backend::Legacy)]
+    iptables: iptables::Backend,
+    /// Skip the kube-proxy iptables peer baseline.
+    #[arg(long)]
+    skip_iptables: bool,
+    /// The daemon binary. Default: `switchyard` next to this executable (target/release/switchyard).
+    #[arg(long)]
+    daemon: Option<PathBuf>,
+    /// Longest wait for a full sync, a one-endpoint change or a rules load.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Working directory for manifests, logs and dumps. Default: a fresh directory under /tmp, removed at
+    /// the end unless --keep-workdir.
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    /// Keep the working directory (daemon logs, dumped rulesets, generated rules).
+    #[arg(long)]
+    keep_workdir: bool,
+    /// A note for the report's header (e.g. what else ran on the machine).
+    #[arg(long)]
+    note: Option<String>,
+    /// Only remove the namespaces (and their processes) left behind by runs that were killed, then exit
+    /// (every run does this first).
+    #[arg(long)]
+    cleanup: bool,
+}
+
+/// What one size needs.
+#[derive(Debug)]
+pub struct Ctx {
+    daemon: PathBuf,
+    workdir: PathBuf,
+    m: usize,
+    connects: usize,
+    changes: usize,
+    changes_budget: Duration,
+    list_max: usize,
+    timeout: Duration,
+    /// The real `nft`, for the recording wrapper.
+    nft: PathBuf,
+}
+
+/// One one-endpoint change.
+#[derive(Clone, Debug)]
+pub struct Change {
+    /// From just before the rename to the `synced` line's timestamp.
+    pub total: Duration,
+    /// The dataplane's part of that sync.
+    pub dataplane_ms: u64,
+}
+
+/// A dataplane's measurements at one size.
+#[derive(Debug)]
+pub struct Row {
+    pub n: usize,
+    /// Daemon start to `/healthz` 200.
+    pub full: Duration,
+    /// Daemon start to the first sync's start (manifests read, model built).
+    pub before_sync: Duration,
+    /// The first sync's dataplane part (the daemon's `elapsed_ms`).
+    pub sync_ms: u64,
+    /// CPU time until the full sync was done: the daemon's own, and its `nft` children's.
+    pub full_cpu: (Duration, Duration),
+    /// How the kernel baseline loads the state, e.g. "nft -f".
+    pub kernel_how: &'static str,
+    /// The kernel baseline: loading the same state in one go into a fresh namespace.
+    pub kernel: Duration,
+    /// Size of what the baseline loads: (lines, bytes).
+    pub kernel_input: (usize, u64),
+    /// The state as the kernel lists it, when measured: listing time, its size (lines, bytes), and loading it.
+    pub listing: Option<Listing>,
+    pub changes: Vec<Change>,
+    /// Peak RSS of the daemon (VmHWM), and its RSS at the end (VmRSS).
+    pub rss_kib: u64,
+    pub rss_end_kib: u64,
+    pub latency: Latency,
+    /// Bytes of generated manifests.
+    pub manifest_bytes: u64,
+    /// Warnings and errors the daemon logged.
+    pub problems: Vec<String>,
+}
+
+/// What running a dataplane at one size gave.
+#[derive(Debug)]
+pub enum Outcome {
+    Measured(Box<Row>),
+    Unavailable(String),
+    Failed(String),
+}
+
+/// The kube-proxy iptables peer at one size.
+#[derive(Debug)]
+pub struct Peer {
+    pub n: usize,
+    pub rules: usize,
+    pub load: Duration,
+    pub latency: Latency,
+}
+
+/// `nft list table` of the programmed state, and `nft -f` of that listing into a fresh namespace.
+#[derive(Debug)]
+pub struct Listing {
+    pub list: Duration,
+    pub size: (usize, u64),
+    pub load: Duration,
+}
+
+/// Every size's outcome for one dataplane.
+#[derive(Debug)]
+pub struct Results {
+    pub name: &'static str,
+    pub title: &'static str,
+    pub rows: Vec<(usize, Outcome)>,
+}
+
+type Runner = fn(&Ctx, usize) -> anyhow::Result<Outcome>;
+
+/// Every dataplane the benchmark knows: its name in `--dataplane`, its title and how to measure it. Adding
+/// a dataplane is one function here.
+const DATAPLANES: &[(&str, &str, Runner)] =
+    &[("nftables", "nftables", run_nftables), ("ipvs", "IPVS", run_ipvs), ("ebpf", "eBPF", run_ebpf)];
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = real_main(args) {
+        eprintln!("switchyard-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(args: Args) -> anyhow::Result<()> {
+    require_root()?;
+    netns::install_signal_cleanup()?;
+    let swept = netns::sweep();
+    if !swept.is_empty() {
+        eprintln!("removed {} namespaces left by earlier runs: {}", swept.len(), swept.join(" "));
+    }
+    if args.cleanup {
+        return Ok(());
+    }
+    if args.endpoints == 0 || args.endpoints > 1000 {
+        bail!("--endpoints must be between 1 and 1000");
+    }
+    if args.sizes.iter().any(|&n| n == 0 || n > 1_000_000) {
+        bail!("--sizes must be between 1 and 1,000,000");
+    }
+    for d in &args.dataplanes {
+        if !DATAPLANES.iter().any(|(name, _, _)| name == d) {
+            bail!("unknown dataplane {d:?}; known: nftables, ipvs, ebpf");
+        }
+    }
+    let daemon = daemon_binary(args.daemon.as_deref())?;
+    require_tool("ip", "iproute2")?;
+    require_tool("nft", "nftables")?;
+    if !args.skip_iptables {
+        require_tool(args.iptables.restore_binary(), "iptables")?;
+    }
+
+    let machine = report::Machine::probe(&daemon);
+    let workdir = match &args.workdir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("sybench-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&workdir).with_context(|| format!("creating {}", workdir.display()))?;
+    let keep = args.keep_workdir || args.workdir.is_some();
+    if !keep {
+        netns::register_dir(&workdir);
+    }
+    let _workdir_guard = RemoveDir { path: workdir.clone(), keep };
+    let ctx = Ctx {
+        daemon,
+        workdir: workdir.clone(),
+        m: args.endpoints,
+        connects: args.connects,
+        changes: args.changes,
+        changes_budget: args.changes_budget,
+        list_max: args.list_max,
+        timeout: args.timeout,
+        nft: find_tool("nft").context("nft")?,
+    };
+
+    let mut results: Vec<Results> = DATAPLANES
+        .iter()
+        .filter(|(name, _, _)| args.dataplanes.iter().any(|d| d == name))
+        .map(|(name, title, _)| Results { name, title, rows: Vec::new() })
+        .collect();
+    let mut peers: Vec<(usize, Result<Peer, String>)> = Vec::new();
+    let started = Instant::now();
+    for &n in &args.sizes {
+        for Results { name, title, rows } in &mut results {
+            let run = DATAPLANES.iter().find(|(d, _, _)| d == name).expect("filtered above").2;
+            eprintln!("== {title}: {n} Services × {} endpoints", ctx.m);
+            let outcome = run(&ctx, n).unwrap_or_else(|e| Outcome::Failed(format!("{e:#}")));
+            match &outcome {
+                Outcome::Measured(r) => eprintln!("   {}", report::summary(r)),
+                Outcome::Unavailable(why) => eprintln!("   {why}"),
+                Outcome::Failed(e) => eprintln!("   FAILED: {e}"),
+            }
+            rows.push((n, outcome));
+        }
+        if !args.skip_iptables {
+            eprintln!("== kube-proxy iptables ({}): {n} Services × {} endpoints", args.iptables.name(), ctx.m);
+            let peer = run_iptables_peer(&ctx, n, args.iptables).map_err(|e| format!("{e:#}"));
+            match &peer {
+                Ok(p) => eprintln!(
+                    "   {} rules loaded in {:.2} s; ClusterIP connect {:.0} µs vs direct {:.0} µs ({:.2}×)",
+                    p.rules,
+                    p.load.as_secs_f64(),
+                    p.latency.cluster_ip.median(),
+                    p.latency.bare.median(),
+                    p.latency.ratio()
+                ),
+                Err(e) => eprintln!("   FAILED: {e}"),
+            }
+            peers.push((n, peer));
+        }
+    }
+
+    let text = report::render(&report::Report {
+        machine: &machine,
+        args: &args,
+        command: std::env::args().map(|a| report::shell_quote(&a)).collect::<Vec<_>>().join(" "),
+        results: &results,
+        peers: &peers,
+        elapsed: started.elapsed(),
+        load_end: report::loadavg(),
+    });
+    println!("{text}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
+    }
+    let failed = results.iter().flat_map(|r| &r.rows).any(|(_, o)| matches!(o, Outcome::Failed(_)))
+        || peers.iter().any(|(_, p)| p.is_err());
+    if failed {
+        bail!("some measurements failed (see above)");
+    }
+    Ok(())
+}
+
+/// Removes the working directory on the way out.
+struct RemoveDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("kept the working directory {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn require_root() -> anyhow::Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2));
+    if euid != Some("0") {
+        bail!("needs root (network namespaces, nftables, iptables): run it with sudo");
+    }
+    Ok(())
+}
+
+fn find_tool(binary: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(binary)).find(|p| p.is_file()))
+}
+
+fn require_tool(binary: &str, package: &str) -> anyhow::Result<()> {
+    if find_tool(binary).is_none() {
+        bail!("{binary} is missing: install it with `apt-get install -y {package}`");
+    }
+    Ok(())
+}
+
+/// The release daemon: `--daemon`, else `switchyard` next to this executable.
+fn daemon_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()?.parent().context("executable has no directory")?.join("switchyard"),
+    };
+    if !path.is_file() {
+        bail!(
+            "the daemon binary {} is missing: build it with `cargo build --release -p switchyard -p switchyard-bench` \
+             (or give its path with --daemon)",
+            path.display()
+        );
+    }
+    if given.is_none() && !path.parent().is_some_and(|d| d.ends_with("release")) {
+        bail!("{} is not a release build: run target/release/switchyard-bench (built with --release)", path.display());
+    }
+    Ok(path.canonicalize()?)
+}
+
+/// nftables: the daemon programs the state from manifests. The kernel baseline is `nft -f`, into a fresh
+/// namespace, of the very transaction the daemon sent for its full sync (recorded by an `nft` wrapper put
+/// first on the daemon's PATH until the full sync is done, then removed); up to `--list-max` Services also of
+/// the table as `nft list table` prints it.
+fn run_nftables(ctx: &Ctx, n: usize) -> anyhow::Result<Outcome> {
+    let work = ctx.workdir.join(format!("nftables-{n}"));
+    std::fs::create_dir_all(&work)?;
+    let manifests = manifests::Manifests::write(&work.join("manifests"), n, ctx.m)?;
+    let recorded = work.join("full-sync.nft");
+    let _ = std::fs::remove_file(&recorded);
+    let wrapper_dir = work.join("bin");
+    let wrapper = write_nft_wrapper(&wrapper_dir, &ctx.nft, &recorded)?;
+    let topo = Topology::new(&format!("nft{n}"), ctx.m + 1)?;
+    let _listener = probe::Listener::start(&topo)?;
+
+    // Full sync: from starting the process to /healthz 200.
+    let t0 = SystemTime::now();
+    let i0 = Instant::now();
+    let mut d = Daemon::start(&ctx.daemon, &topo.node, &manifests.dir, &work.join("daemon.log"), Some(&wrapper_dir))?;
+    let ready = d.wait_healthy(&topo.node, ctx.timeout)?;
+    let full = ready - i0;
+    let full_cpu = d.cpu()?;
+    std::fs::remove_file(&wrapper).context("removing the nft wrapper")?;
+    let first = d.wait_synced(t0, Duration::from_secs(10)).context("the first sync's log line")?;
+    let sync_start = first.at - Duration::from_millis(first.elapsed_ms);
+    let before_sync = sync_start.duration_since(t0).unwrap_or_default();
+    if std::fs::metadata(&recorded).map_or(true, |m| m.len() == 0) {
+        bail!("the daemon's full sync was not recorded: it did not run `nft -f -` found through PATH");
+    }
+
+    // One-endpoint changes: the last endpoint of Service 0 moves to a spare address of the backend and back.
+    let mut changes = Vec::new();
+    let mut last = manifests::endpoints(0, ctx.m)[ctx.m - 1];
+    let budget = Instant::now();
+    for k in 0..ctx.changes {
+        if k > 0 && budget.elapsed() > ctx.changes_budget {
+            eprintln!("   {k} one-endpoint changes took {:.0} s: no more at this size", budget.elapsed().as_secs_f64());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let t = SystemTime::now();
+        last = manifests.change_service0(k % 2 == 0)?;
+        let s = d.wait_synced(t, ctx.timeout).with_context(|| format!("one-endpoint change {}", k + 1))?;
+        changes.push(Change { total: s.at.duration_since(t).unwrap_or_default(), dataplane_ms: s.elapsed_ms });
+    }
+    if !changes.is_empty() {
+        // `list map` reads one map (no table-wide cache), so it is cheap at any size.
+        let map = format!("lb-cluster-{}/svc-0/tcp/{}", manifests::NAMESPACE, manifests::PORT_NAME);
+        let listed = netns::check(topo.node.command("nft").args(["list", "map", "ip", "switchyard", &map]))?;
+        if !listed.contains(&format!("__{last}/{}", manifests::TARGET_PORT)) {
+            bail!("after the changes, the kernel's {map} does not send to {last}:\n{listed}");
+        }
+    }
+
+    let latency = probe::measure(&topo, ctx.connects)?;
+    let rss_kib = d.peak_rss_kib()?;
+    let rss_end_kib = d.rss_kib()?;
+    d.stop();
+    let problems = std::mem::take(&mut d.problems);
+    drop(d);
+
+    // The kernel baseline (while the proxy node still exists: tearing a big table down would compete with
+    // the load for the CPU).
+    let kernel_input = file_size(&recorded)?;
+    let fresh = Netns::new(&format!("nft{n}-fresh"))?;
+    let kernel = timed_load(&fresh, Command::new(&ctx.nft).arg("-f").arg(&recorded), None, ctx.timeout)?;
+    drop(fresh);
+
+    let listing = if n <= ctx.list_max {
+        let dump = work.join("listed.nft");
+        let file = std::fs::File::create(&dump)?;
+        let start = Instant::now();
+        for fam in ["ip", "ip6"] {
+            let out = topo
+                .node
+                .command(&ctx.nft)
+                .args(["list", "table", fam, "switchyard"])
+                .stdin(Stdio::null())
+                .stdout(file.try_clone()?)
+                .stderr(Stdio::piped())
+                .output()?;
+            if !out.status.success() {
+                bail!("nft list table {fam} switchyard: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+        }
+        let list = start.elapsed();
+        let fresh = Netns::new(&format!("nft{n}-fresh2"))?;
+        let load = timed_load(&fresh, Command::new(&ctx.nft).arg("-f").arg(&dump), None, ctx.timeout)?;
+        drop(fresh);
+        Some(Listing { list, size: file_size(&dump)?, load })
+    } else {
+        None
+    };
+    drop(topo);
+
+    Ok(Outcome::Measured(Box::new(Row {
+        n,
+        full,
+        before_sync,
+        sync_ms: first.elapsed_ms,
+        full_cpu,
+        kernel_how: "nft -f",
+        kernel,
+        kernel_input,
+        listing,
+        changes,
+        rss_kib,
+        rss_end_kib,
+        latency,
+        manifest_bytes: manifests.bytes,
+        problems,
+    })))
+}
+
+/// Lines and bytes of a text file.
+fn file_size(path: &Path) -> anyhow::Result<(usize, u64)> {
+    use std::io::BufRead as _;
+    let f = std::fs::File::open(path)?;
+    let bytes = f.metadata()?.len();
+    let lines = std::io::BufReader::new(f).split(b'\n').count();
+    Ok((lines, bytes))
+}
+
+/// Writes `dir/nft`, which appends every script given as `nft -f -` to `record` and runs the real `nft`.
+fn write_nft_wrapper(dir: &Path, nft: &Path, record: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("nft");
+    let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+    let script = format!(
+        "#!/bin/sh\n# switchyard-bench: records the scripts the daemon applies during its full sync.\n\
+         if [ \"$1\" = -f ] && [ \"$2\" = - ] && [ $# -eq 2 ]; then\n  tee -a {rec} | {nft} -f -\n  exit $?\nfi\n\
+         exec {nft} \"$@\"\n",
+        rec = q(record),
+        nft = q(nft)
+    );
+    std::fs::write(&path, script)?;
+    let mut perms = std::fs::metadata(&path)?.permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&path, perms)?;
+    Ok(path)
+}
+
+/// IPVS: to be written with the dataplane. It measures what `run_nftables` does, with `ipvsadm -R` of the
+/// same virtual services (plus the nftables table the dataplane keeps for what IPVS cannot express) as the
+/// kernel baseline.
+fn run_ipvs(_ctx: &Ctx, _n: usize) -> anyhow::Result<Outcome> {
+    Ok(Outcome::Unavailable("not available in this build".into()))
+}
+
+/// eBPF socket-LB: to be written with the dataplane, measuring what `run_nftables` does; its kernel baseline
+/// is loading the same maps in one go.
+fn run_ebpf(_ctx: &Ctx, _n: usize) -> anyhow::Result<Outcome> {
+    Ok(Outcome::Unavailable("not available in this build".into()))
+}
+
+/// kube-proxy's iptables-mode rules for the same Services, loaded with iptables-restore in a proxy node of
+/// its own, and the same connect() measurement.
+fn run_iptables_peer(ctx: &Ctx, n: usize, backend: iptables::Backend) -> anyhow::Result<Peer> {
+    let work = ctx.workdir.join(format!("iptables-{n}"));
+    std::fs::create_dir_all(&work)?;
+    let rules_path = work.join("rules");
+    let rules = iptables::write(&rules_path, n, ctx.m)?;
+    let topo = Topology::new(&format!("ipt{n}"), ctx.m + 1)?;
+    let _listener = probe::Listener::start(&topo)?;
+    let file = std::fs::File::open(&rules_path)?;
+    let load = timed_load(&topo.node, Command::new(backend.restore_binary()).arg("-w"), Some(file), ctx.timeout)?;
+    let latency = probe::measure(&topo, ctx.connects)?;
+    Ok(Peer { n, rules, load, latency })
+}
+
+/// Runs `cmd` inside `ns` (optionally with a file as stdin) and times it; fails if it fails or takes longer
+/// than `timeout` (then it is killed).
+fn timed_load(
+    ns: &Netns,
+    cmd: &mut Command,
+    stdin: Option<std::fs::File>,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    cmd.stdin(stdin.map_or_else(Stdio::null, Stdio::from)).stdout(Stdio::null()).stderr(Stdio::piped());
+    let what = format!("{cmd:?}");
+    let (took, status, stderr) = ns.run(move || -> anyhow::Result<_> {
+        let start = Instant::now();
+        let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+        netns::register_pid(child.id() as i32);
+        // Drain stderr as it comes, so a verbose failure cannot block the child.
+        let mut stderr = child.stderr.take().expect("piped");
+        let errors = std::thread::spawn(move || {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+            err
+        });
+        let deadline = start + timeout;
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                netns::unregister_pid(child.id() as i32);
+                bail!("{what} took longer than {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let took = start.elapsed();
+        netns::unregister_pid(child.id() as i32);
+        Ok((took, status, errors.join().unwrap_or_default()))
+    })??;
+    if !status.success() {
+        bail!("loading failed ({status}): {}", stderr.lines().take(5).collect::<Vec<_>>().join("; "));
+    }
+    Ok(took)
+}
