@@ -226,8 +226,9 @@ impl NftablesDataplane {
                         state.owners.remove(e);
                     }
                 }
-                let kept = new.as_ref().map(|n| &n.counters);
-                for c in old.counters.iter().filter(|c| !kept.is_some_and(|k| k.contains(*c))) {
+                // Backends (endpoint chains) that are gone give their conntrack mark back.
+                let kept = new.as_ref().map(|n| &n.chains);
+                for c in old.chains.iter().filter(|c| !kept.is_some_and(|k| k.contains_key(*c))) {
                     if let Some(m) = state.marks.remove(c) {
                         state.used_marks.remove(&m);
                     }
@@ -270,7 +271,6 @@ fn programmed(n: ServiceObjects, conflict: bool) -> Programmed {
         chains: n.chains.into_keys().collect(),
         sets: n.sets,
         maps: n.maps.into_keys().collect(),
-        counters: n.counters,
         elements: n.elements,
     }
 }
@@ -346,9 +346,6 @@ fn diff(s: &mut String, t: &str, family: Family, old: &Programmed, new: Option<&
             w(format!("delete set {t} {set}"));
         }
     }
-    for c in old.counters.difference(&new.counters) {
-        w(format!("delete counter {t} {c}"));
-    }
     let addr_type = match family {
         Family::V4 => "ipv4_addr",
         Family::V6 => "ipv6_addr",
@@ -357,9 +354,6 @@ fn diff(s: &mut String, t: &str, family: Family, old: &Programmed, new: Option<&
         if old.sets.get(set) != Some(timeout) {
             w(format!("add set {t} {set} {{ type {addr_type}; flags dynamic,timeout; timeout {timeout}s; }}"));
         }
-    }
-    for c in new.counters.difference(&old.counters) {
-        w(format!("add counter {t} {c}"));
     }
     for map in new.maps.keys().filter(|m| !old.maps.contains(*m)) {
         w(format!("add map {t} {map} {{ typeof numgen random mod 1 : verdict; }}"));
@@ -377,7 +371,8 @@ fn diff(s: &mut String, t: &str, family: Family, old: &Programmed, new: Option<&
     }
     for ((map, k), v) in &new.elements {
         if old.elements.get(&(*map, k.clone())) != Some(v) {
-            w(format!("add element {t} {} {{ {k} {v} }}", map.as_str()));
+            let elem = if v.is_empty() { k.clone() } else { format!("{k} {v}") };
+            w(format!("add element {t} {} {{ {elem} }}", map.as_str()));
         }
     }
 }

@@ -32,8 +32,8 @@ pub struct Listing {
     pub sets: BTreeMap<String, u32>,
     /// Elements of named sets, as text (addresses; prefixes as `addr/len`).
     pub set_elements: BTreeMap<String, Vec<String>>,
-    /// Named counters: (packets, bytes).
-    pub counters: BTreeMap<String, (u64, u64)>,
+    /// Per-element counters of the counted backend sets: set -> element key -> (packets, bytes).
+    pub element_counters: BTreeMap<MapName, BTreeMap<String, (u64, u64)>>,
     /// Elements of Switchyard's shared maps as (key, value) in the syntax the translation writes.
     pub elements: BTreeMap<MapName, Vec<(String, String)>>,
     /// Names of the other (per-Service-port) maps.
@@ -64,13 +64,20 @@ pub fn parse(json: &str) -> Result<Listing, Error> {
             }
             "set" => {
                 let timeout = obj.get("timeout").and_then(Value::as_u64).unwrap_or(0);
-                let elems = obj.get("elem").and_then(Value::as_array).into_iter().flatten();
-                l.set_elements.insert(name.clone(), elems.map(|e| key_text(e.get("elem").map_or(e, |x| &x["val"]))).collect());
+                let elems: Vec<&Value> = obj.get("elem").and_then(Value::as_array).into_iter().flatten().collect();
+                let keys: Vec<String> = elems.iter().map(|e| key_text(e.get("elem").map_or(*e, |x| &x["val"]))).collect();
+                if let Some(set) = MapName::parse(&name).filter(|m| m.is_backend_set()) {
+                    let counters = l.element_counters.entry(set).or_default();
+                    for (e, key) in elems.iter().zip(&keys) {
+                        let c = e.get("elem").and_then(|x| x.get("counter"));
+                        let n = |k: &str| c.and_then(|c| c.get(k)).and_then(Value::as_u64).unwrap_or(0);
+                        counters.insert(key.clone(), (n("packets"), n("bytes")));
+                    }
+                    l.elements.entry(set).or_default().extend(keys.iter().map(|k| (k.clone(), String::new())));
+                    continue;
+                }
+                l.set_elements.insert(name.clone(), keys);
                 l.sets.insert(name, u32::try_from(timeout).unwrap_or(u32::MAX));
-            }
-            "counter" => {
-                let n = |k: &str| obj.get(k).and_then(Value::as_u64).unwrap_or(0);
-                l.counters.insert(name, (n("packets"), n("bytes")));
             }
             "map" => {
                 let Some(map) = MapName::parse(&name) else {
@@ -125,8 +132,6 @@ pub struct Programmed {
     pub sets: BTreeMap<String, u32>,
     /// Scheduler verdict maps.
     pub maps: BTreeSet<String>,
-    /// Counter names.
-    pub counters: BTreeSet<String>,
     /// Map elements: (map, key) -> value.
     pub elements: BTreeMap<(MapName, String), String>,
 }
@@ -136,7 +141,7 @@ pub struct Programmed {
 pub struct Restored {
     /// Per Service key.
     pub services: HashMap<String, Programmed>,
-    /// Backend traffic counter name -> conntrack mark.
+    /// Backend (endpoint chain) name -> its conntrack mark.
     pub marks: HashMap<String, u32>,
 }
 
@@ -162,20 +167,23 @@ pub fn restore(l: &Listing) -> Restored {
             r.services.entry(key.to_string()).or_default().maps.insert(map.clone());
         }
     }
-    for counter in l.counters.keys() {
-        if let Some(key) = names::owner_key(counter) {
-            r.services.entry(key.to_string()).or_default().counters.insert(counter.clone());
+    // Each backend's conntrack mark, from its endpoint chain's DNAT rule; its counted-set elements belong
+    // to the same Service port.
+    let mut by_mark: HashMap<String, String> = HashMap::new();
+    for (chain, rules) in l.chains.iter().filter(|(c, _)| c.starts_with("endpoint-")) {
+        if let Some(mark) = rules.iter().find_map(|x| x.expr.iter().find_map(mark_of)) {
+            r.marks.insert(chain.clone(), mark);
+            by_mark.insert(mark.to_string(), chain.clone());
         }
     }
     for (&map, elems) in &l.elements {
         for (k, v) in elems {
-            let target = v.rsplit(' ').next().unwrap_or_default().trim_matches('"');
+            let target = if map.is_backend_set() {
+                by_mark.get(k).map(String::as_str).unwrap_or_default()
+            } else {
+                v.rsplit(' ').next().unwrap_or_default().trim_matches('"')
+            };
             let Some(owner) = names::owner_key(target) else { continue };
-            if map == MapName::BackendCounters {
-                if let Ok(mark) = k.parse::<u32>() {
-                    r.marks.insert(target.to_string(), mark);
-                }
-            }
             r.services.entry(owner.to_string()).or_default().elements.insert((map, k.clone()), v.clone());
         }
     }
@@ -238,8 +246,10 @@ pub fn dump(l: &Listing, family: Family) -> Result<Dump, Error> {
             let Some((ip, port)) = l.chains[chain].iter().find_map(|x| x.expr.iter().find_map(dnat_of)) else {
                 continue;
             };
-            let (packets, bytes) = l.counters.get(chain).copied().unwrap_or_default();
-            let connections = l.counters.get(&names::connections_counter(chain)).map_or(0, |c| c.0);
+            let mark = r.marks.get(chain).map(u32::to_string).unwrap_or_default();
+            let counter = |set: MapName| l.element_counters.get(&set).and_then(|c| c.get(&mark)).copied().unwrap_or_default();
+            let (packets, bytes) = counter(MapName::BackendTraffic);
+            let connections = counter(MapName::BackendConnections).0;
             backends.push(DumpBackend { ip, port, packets, bytes, connections });
         }
         backends.sort();
@@ -265,6 +275,13 @@ fn scheduler_of(stmt: &Value) -> Option<Scheduler> {
     }
     let field = key.get("jhash")?.get("expr")?.get("payload")?.get("field")?.as_str()?;
     Some(if field == "daddr" { Scheduler::Dh } else { Scheduler::Sh })
+}
+
+/// The conntrack mark a statement sets, if it sets one.
+fn mark_of(stmt: &Value) -> Option<u32> {
+    let m = stmt.get("mangle")?;
+    (m.get("key")?.get("ct")?.get("key")?.as_str()? == "mark").then_some(())?;
+    u32::try_from(m.get("value")?.as_u64()?).ok()
 }
 
 /// The address and port a statement DNATs to, if it is a DNAT.

@@ -11,7 +11,7 @@ use switchyard_model::{Protocol, ServicePortName};
 /// The table every family's objects live in.
 pub const TABLE: &str = "switchyard";
 
-/// The shared maps.
+/// The shared maps and counted sets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum MapName {
     /// address . protocol . port -> verdict, for Service ports with backends.
@@ -22,18 +22,21 @@ pub enum MapName {
     NoEndpointServices,
     /// protocol . port -> verdict, NodePorts without backends (reject).
     NoEndpointNodeports,
-    /// conntrack mark -> the backend's traffic counter.
-    BackendCounters,
+    /// Set of backend conntrack marks, with a counter per element: packets and bytes both ways.
+    BackendTraffic,
+    /// Set of backend conntrack marks, with a counter per element: new connections.
+    BackendConnections,
 }
 
 impl MapName {
     /// Every map.
-    pub const ALL: [MapName; 5] = [
+    pub const ALL: [MapName; 6] = [
         MapName::ServiceIps,
         MapName::ServiceNodeports,
         MapName::NoEndpointServices,
         MapName::NoEndpointNodeports,
-        MapName::BackendCounters,
+        MapName::BackendTraffic,
+        MapName::BackendConnections,
     ];
 
     /// The map's name in the table.
@@ -43,8 +46,14 @@ impl MapName {
             MapName::ServiceNodeports => "service-nodeports",
             MapName::NoEndpointServices => "no-endpoint-services",
             MapName::NoEndpointNodeports => "no-endpoint-nodeports",
-            MapName::BackendCounters => "backend-counters",
+            MapName::BackendTraffic => "backend-traffic",
+            MapName::BackendConnections => "backend-connections",
         }
+    }
+
+    /// Whether this is a counted set of backend marks (elements without values).
+    pub fn is_backend_set(self) -> bool {
+        matches!(self, MapName::BackendTraffic | MapName::BackendConnections)
     }
 
     /// The map of a name.
@@ -95,15 +104,10 @@ pub fn firewall_chain(key: &str) -> String {
     format!("firewall-{key}")
 }
 
-/// The chain (and traffic counter) of one backend of a Service port. IPv6 colons become dots, since nft
+/// The chain of one backend of a Service port. IPv6 colons become dots, since nft
 /// names cannot hold colons.
 pub fn endpoint(key: &str, ip: IpAddr, port: u16) -> String {
     format!("endpoint-{key}__{}/{port}", ip.to_string().replace(':', "."))
-}
-
-/// The connection counter of a backend.
-pub fn connections_counter(endpoint: &str) -> String {
-    format!("connections-{}", endpoint.trim_start_matches("endpoint-"))
 }
 
 /// The ClientIP affinity set of a backend.
@@ -113,7 +117,7 @@ pub fn affinity_set(endpoint: &str) -> String {
 
 /// The Service key an object name belongs to, for any of the per-Service-port objects above.
 pub fn owner_key(name: &str) -> Option<&str> {
-    let rest = ["lb-cluster-", "lb-external-", "service-", "external-", "firewall-", "endpoint-", "connections-", "affinity-"]
+    let rest = ["lb-cluster-", "lb-external-", "service-", "external-", "firewall-", "endpoint-", "affinity-"]
         .iter()
         .find_map(|p| name.strip_prefix(p))?;
     let key = rest.split("__").next()?;

@@ -15,8 +15,10 @@
 //!   traffic; the Local-policy short-circuit), chain `firewall-K` (LB source ranges), the scheduler's named
 //!   verdict maps `lb-cluster-K` / `lb-external-K`, and per backend a chain `endpoint-K__IP/PORT` that marks
 //!   hairpin traffic, records affinity, tags the connection with the backend's conntrack mark and DNATs;
-//! - named counters `endpoint-K__IP/PORT` (packets and bytes both ways, counted in `accounting-*` through the
-//!   `backend-counters` map keyed by conntrack mark) and `connections-K__IP/PORT` (new connections);
+//! - per backend a conntrack mark, element of the counted sets `backend-traffic` (packets and bytes both
+//!   ways) and `backend-connections` (new connections), which the `accounting-*` chains look the
+//!   connection's mark up in (per-element counters: no counter objects, which nft would have to read back
+//!   before every transaction);
 //! - per backend, when the Service has ClientIP affinity, a timeout set `affinity-K__IP/PORT` of client
 //!   addresses.
 
@@ -52,8 +54,6 @@ pub struct ServiceObjects {
     pub sets: BTreeMap<String, u32>,
     /// The schedulers' verdict maps (`integer : verdict`) and their elements (`0 : goto endpoint-…`).
     pub maps: BTreeMap<String, Vec<String>>,
-    /// Named counters.
-    pub counters: BTreeSet<String>,
     /// Elements of the shared maps: (map, key) -> value (with its comment), all as nft syntax.
     pub elements: BTreeMap<(MapName, String), String>,
     /// The ClusterIPs, members of the shared `cluster-ips` set while any Service port has them.
@@ -82,12 +82,9 @@ pub fn service(plan: &ServicePlan, settings: &Settings, mark_of: &mut dyn FnMut(
             o.sets.insert(set, timeout);
         }
         let mark = mark_of(&ep);
-        let conns = names::connections_counter(&ep);
-        rules.push(format!("ct mark set {mark:#010x} counter name \"{conns}\""));
-        rules.push(format!("meta l4proto {proto} dnat to {}", f.sockaddr(b.ip, b.port)));
-        o.elements.insert((MapName::BackendCounters, mark.to_string()), format!(": \"{ep}\""));
-        o.counters.insert(ep.clone());
-        o.counters.insert(conns);
+        rules.push(format!("meta l4proto {proto} ct mark set {mark:#010x} dnat to {}", f.sockaddr(b.ip, b.port)));
+        o.elements.insert((MapName::BackendTraffic, mark.to_string()), String::new());
+        o.elements.insert((MapName::BackendConnections, mark.to_string()), String::new());
         o.chains.insert(ep, rules);
     }
 
@@ -253,9 +250,6 @@ fn fingerprint(o: &ServiceObjects) -> u64 {
     for (name, elems) in &o.maps {
         writeln!(text, "map {name} {}", elems.join(", ")).expect("write to String");
     }
-    for name in &o.counters {
-        writeln!(text, "counter {name}").expect("write to String");
-    }
     for ((map, k), v) in &o.elements {
         writeln!(text, "element {} {k} {v}", map.as_str()).expect("write to String");
     }
@@ -278,9 +272,11 @@ pub fn skeleton(family: Family, table: &str, node: &NodePlan) -> String {
         (MapName::ServiceNodeports, "inet_proto . inet_service : verdict".to_string()),
         (MapName::NoEndpointServices, format!("{addr_type} . inet_proto . inet_service : verdict")),
         (MapName::NoEndpointNodeports, "inet_proto . inet_service : verdict".to_string()),
-        (MapName::BackendCounters, "mark : counter".to_string()),
     ] {
         writeln!(s, "add map {t} {} {{ type {ty}; }}", map.as_str()).expect("write to String");
+    }
+    for set in [MapName::BackendTraffic, MapName::BackendConnections] {
+        writeln!(s, "add set {t} {} {{ type mark; counter; }}", set.as_str()).expect("write to String");
     }
     writeln!(s, "add set {t} {CLUSTER_IPS} {{ type {addr_type}; }}").expect("write to String");
     writeln!(s, "add set {t} {NODEPORT_IPS} {{ type {addr_type}; }}").expect("write to String");
@@ -295,10 +291,12 @@ pub fn skeleton(family: Family, table: &str, node: &NodePlan) -> String {
         writeln!(s, "add element {t} {SERVICE_CIDRS} {cidrs}").expect("write to String");
     }
 
-    let accounting = format!(
-        "ct mark != 0 ct status dnat counter name ct mark map @{}",
-        MapName::BackendCounters.as_str()
-    );
+    // Every packet of a connection DNATed to a backend, both ways, and each new one, counted on the
+    // backend's element (the lookup of a counted set bumps the element's counter).
+    let accounting = vec![
+        format!("ct status dnat ct mark @{}", MapName::BackendTraffic.as_str()),
+        format!("ct state new ct status dnat ct mark @{}", MapName::BackendConnections.as_str()),
+    ];
     // Where NodePorts are served: the node plan's addresses, or every local address but loopback.
     let nodeport_match = match node.nodeport_ips(family) {
         Some(_) => format!("{ip} daddr @{NODEPORT_IPS} meta l4proto . th dport"),
@@ -313,8 +311,8 @@ pub fn skeleton(family: Family, table: &str, node: &NodePlan) -> String {
         ("filter-input", Some("type filter hook input priority -110".into()), vec!["ct state new jump endpoints-check".into()]),
         ("filter-forward", Some("type filter hook forward priority -110".into()), vec!["ct state new jump endpoints-check".into()]),
         ("filter-output", Some("type filter hook output priority -90".into()), vec!["ct state new jump endpoints-check".into()]),
-        ("accounting-prerouting", Some("type filter hook prerouting priority -90".into()), vec![accounting.clone()]),
-        ("accounting-output", Some("type filter hook output priority -90".into()), vec![accounting]),
+        ("accounting-prerouting", Some("type filter hook prerouting priority -90".into()), accounting.clone()),
+        ("accounting-output", Some("type filter hook output priority -90".into()), accounting),
         (
             "services",
             None,
