@@ -44,3 +44,6 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo (Rust 1.85 or later) is needed; install it with rustup" >&2
   exit 1
 fi
+
+# The eBPF dataplane's programs are built with the workspace (aya-build): nightly, rust-src, bpf-linker.
+bash "$(dirname "$0")/install-ebpf-toolchain.sh"

@@ -27,7 +27,7 @@ pub struct RunFlags {
     /// kubeconfig file for the API server [kubeconfig]. Default: in-cluster config.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    /// Dataplane: nftables or ipvs [dataplane].
+    /// Dataplane: nftables, ipvs or ebpf [dataplane].
     #[arg(long)]
     pub dataplane: Option<String>,
     /// Scheduler for Services without the switchyard.io/scheduler annotation [scheduler].
@@ -184,8 +184,8 @@ impl Config {
             (None, kubeconfig) => SourceConfig::Kube(kubeconfig),
         };
         let dataplane = flags.dataplane.clone().or(file.dataplane).unwrap_or_else(|| "nftables".into());
-        if !["nftables", "ipvs"].contains(&dataplane.as_str()) {
-            bail!("unknown dataplane {dataplane:?}: this build has nftables and ipvs");
+        if !["nftables", "ipvs", "ebpf"].contains(&dataplane.as_str()) {
+            bail!("unknown dataplane {dataplane:?}: this build has nftables, ipvs and ebpf");
         }
         let min_sync_period = flags.min_sync_period.or(file.min_sync_period).unwrap_or(Duration::from_secs(1));
         let sync_period = flags.sync_period.or(file.sync_period).unwrap_or(Duration::from_secs(30));

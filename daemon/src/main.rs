@@ -33,13 +33,13 @@ enum Command {
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
-        /// Which dataplane's state to read: nftables or ipvs.
+        /// Which dataplane's state to read: nftables, ipvs or ebpf.
         #[arg(long, default_value = "nftables")]
         dataplane: String,
     },
     /// Remove everything Switchyard programmed in this network namespace.
     Cleanup {
-        /// Which dataplane's state to remove: nftables or ipvs.
+        /// Which dataplane's state to remove: nftables, ipvs or ebpf.
         #[arg(long, default_value = "nftables")]
         dataplane: String,
     },
@@ -55,12 +55,17 @@ fn dataplane(name: &str, settings: Settings) -> anyhow::Result<Box<dyn Dataplane
     match name {
         "nftables" => Ok(Box::new(NftablesDataplane::new(settings, Box::new(NftCommand::default())))),
         "ipvs" => Ok(Box::new(switchyard_ipvs::IpvsDataplane::new(switchyard_ipvs::Settings::new(settings)))),
+        // Socket hooks for traffic from this node's sockets; an nftables table from the same plans for the rest.
+        "ebpf" => Ok(Box::new(switchyard_ebpf::EbpfDataplane::new(
+            switchyard_ebpf::EbpfSettings::new(settings),
+            Box::new(NftCommand::default()),
+        ))),
         other => bail!("unknown dataplane {other:?}: this build has {}", DATAPLANES.join(", ")),
     }
 }
 
 /// The dataplanes this build has.
-const DATAPLANES: [&str; 2] = ["nftables", "ipvs"];
+const DATAPLANES: [&str; 3] = ["nftables", "ipvs", "ebpf"];
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
