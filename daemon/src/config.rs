@@ -57,6 +57,14 @@ pub struct RunFlags {
     /// Sync period; /healthz fails when a change has waited more than twice this [syncPeriod]. Default 30s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub sync_period: Option<Duration>,
+    /// eBPF dataplane: the cgroup2 directory its socket programs attach to [ebpfCgroup]. Default: the cgroup2
+    /// root (every process on the node).
+    #[arg(long)]
+    pub ebpf_cgroup: Option<PathBuf>,
+    /// eBPF dataplane: the bpffs directory its maps and links are pinned in [bpffsDir]. Default
+    /// /sys/fs/bpf/switchyard.
+    #[arg(long)]
+    pub bpffs_dir: Option<PathBuf>,
     /// Address for /metrics [metricsBindAddress]. Default 127.0.0.1:10249.
     #[arg(long)]
     pub metrics_bind_address: Option<SocketAddr>,
@@ -87,6 +95,8 @@ struct FileConfig {
     min_sync_period: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     sync_period: Option<Duration>,
+    ebpf_cgroup: Option<PathBuf>,
+    bpffs_dir: Option<PathBuf>,
     metrics_bind_address: Option<SocketAddr>,
     healthz_bind_address: Option<SocketAddr>,
 }
@@ -158,6 +168,10 @@ pub struct Config {
     pub min_sync_period: Duration,
     /// Sync period (health timeout is twice this).
     pub sync_period: Duration,
+    /// eBPF: the attach cgroup (`None`: the cgroup2 root).
+    pub ebpf_cgroup: Option<PathBuf>,
+    /// eBPF: the pin directory (`None`: /sys/fs/bpf/switchyard).
+    pub bpffs_dir: Option<PathBuf>,
     /// /metrics address.
     pub metrics_bind_address: SocketAddr,
     /// /healthz and /livez address.
@@ -213,6 +227,8 @@ impl Config {
             masquerade_all: flags.masquerade_all || file.masquerade_all.unwrap_or(false),
             min_sync_period,
             sync_period,
+            ebpf_cgroup: flags.ebpf_cgroup.clone().or(file.ebpf_cgroup),
+            bpffs_dir: flags.bpffs_dir.clone().or(file.bpffs_dir),
             metrics_bind_address: flags
                 .metrics_bind_address
                 .or(file.metrics_bind_address)

@@ -36,12 +36,18 @@ enum Command {
         /// Which dataplane's state to read: nftables, ipvs or ebpf.
         #[arg(long, default_value = "nftables")]
         dataplane: String,
+        /// eBPF: the pin directory to read (default /sys/fs/bpf/switchyard).
+        #[arg(long)]
+        bpffs_dir: Option<std::path::PathBuf>,
     },
     /// Remove everything Switchyard programmed in this network namespace.
     Cleanup {
         /// Which dataplane's state to remove: nftables, ipvs or ebpf.
         #[arg(long, default_value = "nftables")]
         dataplane: String,
+        /// eBPF: the pin directory to remove (default /sys/fs/bpf/switchyard).
+        #[arg(long)]
+        bpffs_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -51,15 +57,28 @@ enum Format {
     Json,
 }
 
-fn dataplane(name: &str, settings: Settings) -> anyhow::Result<Box<dyn Dataplane>> {
+/// Where the eBPF dataplane attaches and pins (only it reads these).
+#[derive(Clone, Debug, Default)]
+struct EbpfPlaces {
+    cgroup: Option<std::path::PathBuf>,
+    bpffs_dir: Option<std::path::PathBuf>,
+}
+
+fn dataplane(name: &str, settings: Settings, ebpf: &EbpfPlaces) -> anyhow::Result<Box<dyn Dataplane>> {
     match name {
         "nftables" => Ok(Box::new(NftablesDataplane::new(settings, Box::new(NftCommand::default())))),
         "ipvs" => Ok(Box::new(switchyard_ipvs::IpvsDataplane::new(switchyard_ipvs::Settings::new(settings)))),
         // Socket hooks for traffic from this node's sockets; an nftables table from the same plans for the rest.
-        "ebpf" => Ok(Box::new(switchyard_ebpf::EbpfDataplane::new(
-            switchyard_ebpf::EbpfSettings::new(settings),
-            Box::new(NftCommand::default()),
-        ))),
+        "ebpf" => {
+            let mut s = switchyard_ebpf::EbpfSettings::new(settings);
+            if let Some(c) = &ebpf.cgroup {
+                s.cgroup = c.clone();
+            }
+            if let Some(d) = &ebpf.bpffs_dir {
+                s.pin_dir = d.clone();
+            }
+            Ok(Box::new(switchyard_ebpf::EbpfDataplane::new(s, Box::new(NftCommand::default()))))
+        }
         other => bail!("unknown dataplane {other:?}: this build has {}", DATAPLANES.join(", ")),
     }
 }
@@ -78,16 +97,18 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Run(flags) => run(Config::load(&flags)?),
-        Command::Dump { output, dataplane: name } => {
-            let dump = dataplane(&name, Settings::default())?.dump().context("reading the kernel")?;
+        Command::Dump { output, dataplane: name, bpffs_dir } => {
+            let places = EbpfPlaces { cgroup: None, bpffs_dir };
+            let dump = dataplane(&name, Settings::default(), &places)?.dump().context("reading the kernel")?;
             match output {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&dump)?),
                 Format::Table => print!("{}", table(&dump)),
             }
             Ok(())
         }
-        Command::Cleanup { dataplane: name } => {
-            dataplane(&name, Settings::default())?.cleanup().context("removing Switchyard's kernel state")?;
+        Command::Cleanup { dataplane: name, bpffs_dir } => {
+            let places = EbpfPlaces { cgroup: None, bpffs_dir };
+            dataplane(&name, Settings::default(), &places)?.cleanup().context("removing Switchyard's kernel state")?;
             println!("removed Switchyard's {name} state");
             Ok(())
         }
@@ -97,7 +118,8 @@ fn main() -> anyhow::Result<()> {
 fn run(config: Config) -> anyhow::Result<()> {
     info!(?config, "starting");
     let settings = Settings { masquerade_all: config.masquerade_all, cluster_cidrs: config.cluster_cidrs.clone() };
-    let dp = dataplane(&config.dataplane, settings.clone())?;
+    let places = EbpfPlaces { cgroup: config.ebpf_cgroup.clone(), bpffs_dir: config.bpffs_dir.clone() };
+    let dp = dataplane(&config.dataplane, settings.clone(), &places)?;
     if !dp.supports(config.scheduler) {
         bail!("the {} dataplane cannot honour scheduler {}", dp.name(), config.scheduler);
     }
@@ -118,7 +140,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     // A second instance only reads the kernel, for the per-backend metrics.
-    let reader = dataplane(&config.dataplane, settings)?;
+    let reader = dataplane(&config.dataplane, settings, &places)?;
     let reader: Arc<std::sync::Mutex<Box<dyn Dataplane>>> = Arc::new(std::sync::Mutex::new(reader));
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
