@@ -191,6 +191,20 @@ pub struct Expect {
 /// A refusal slower than this is not "at once".
 const AT_ONCE: Duration = Duration::from_millis(500);
 
+/// `SWITCHYARD_SCENARIO_TIME_SCALE` (default 1): multiplies every try's timeout and [`AT_ONCE`], for slow
+/// machines (an emulated VM). Set only there: the defaults are what the scenarios are written for.
+fn time_scale() -> f64 {
+    std::env::var("SWITCHYARD_SCENARIO_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|s| *s > 0.0)
+        .unwrap_or(1.0)
+}
+
+/// `SWITCHYARD_SCENARIO_DIAGNOSE`: a shell command run (`sh -c`) in the node namespace when a scenario fails,
+/// before the daemon stops, its output printed; e.g. a dataplane's own listing of its kernel state.
+const DIAGNOSE_ENV: &str = "SWITCHYARD_SCENARIO_DIAGNOSE";
+
 impl Scenario {
     /// Reads and checks a scenario file; panics (naming the file) if it is malformed.
     pub fn load(path: &Path) -> Scenario {
@@ -349,6 +363,15 @@ pub fn run(name: &str, s: &Scenario, dataplane: &str) {
     }
     println!("scenario {name} on {dataplane} ({:.1?}): {}\n{report}", started.elapsed(), s.description.trim());
     if !failures.is_empty() {
+        if let Ok(cmd) = std::env::var(DIAGNOSE_ENV) {
+            let out = c.node.exec(&["sh", "-c", &cmd]);
+            eprintln!(
+                "----- {DIAGNOSE_ENV}: {cmd} (in {}) -----\n{}{}",
+                c.node.name(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         panic!(
             "scenario {name} on {dataplane}: {} of {} checks failed:\n  {}\n(all flows:)\n{report}",
             failures.len(),
@@ -402,7 +425,9 @@ fn run_flow(c: &Cluster, from: &Source<'_>, flow: &Flow, subst: &dyn Fn(&str) ->
         Some(b) => Some(subst(b).parse().map_err(|e| format!("`bind` is not an address: {e}"))?),
     };
     let e = &flow.expect;
-    let timeout = Duration::from_millis(flow.timeout_ms.unwrap_or(if e.dropped { 400 } else { 1000 }));
+    let timeout =
+        Duration::from_millis(flow.timeout_ms.unwrap_or(if e.dropped { 400 } else { 1000 })).mul_f64(time_scale());
+    let at_once = AT_ONCE.mul_f64(time_scale());
     let ns = match from {
         Source::Pod(p) => &p.ns,
         Source::Node => &c.node,
@@ -455,7 +480,7 @@ fn run_flow(c: &Cluster, from: &Source<'_>, flow: &Flow, subst: &dyn Fn(&str) ->
     if e.refused {
         for o in &outcomes {
             match o {
-                Outcome::Refused(after) if *after < AT_ONCE => {}
+                Outcome::Refused(after) if *after < at_once => {}
                 other => return Err(format!("want refused at once, got {other}; all: {summary}")),
             }
         }

@@ -317,7 +317,10 @@ impl Inner {
                     .collect()
             }
         };
-        ips.retain(|ip| Family::of(ip) == family);
+        // No NodePorts on loopback with IPVS (as with kube-proxy's IPVS mode): IPVS NATs a 127.0.0.1-sourced
+        // connection to a pod but its replies never find their way back, so `--localhost-nodeports` is an
+        // nftables/eBPF feature.
+        ips.retain(|ip| Family::of(ip) == family && !ip.is_loopback());
         ips.sort();
         ips.dedup();
         Ok(ips)

@@ -18,11 +18,11 @@ mod cases;
 mod driver;
 mod guest;
 mod netns;
+#[path = "../vmkit/mod.rs"]
+mod vmkit;
 
 /// Set by the guest's `/init`.
 const GUEST_ENV: &str = "SWITCHYARD_IPVS_DP_GUEST";
-/// The guest prints this, then its exit status, as its last word.
-const EXIT_MARKER: &str = "SWITCHYARD-VM-EXIT=";
 
 fn main() {
     if std::env::var_os(GUEST_ENV).is_some() {
