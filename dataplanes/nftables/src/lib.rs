@@ -47,6 +47,14 @@ struct TableState {
     marks: HashMap<String, u32>,
     used_marks: BTreeSet<u32>,
     next_mark: u32,
+    /// Allocated blocks of `backend-slots`: first slot -> count. A block is given back only once the
+    /// transaction that stops using it is in the kernel, so no two routes ever share a slot.
+    slot_blocks: BTreeMap<u32, u32>,
+    /// The block each route has in the kernel (route -> first slot, count).
+    route_blocks: HashMap<String, (u32, u32)>,
+    /// Blocks allocated for a route in a transaction not yet applied.
+    pending_blocks: HashMap<String, (u32, u32)>,
+    next_slot: u32,
     /// The node plan the skeleton was last applied with (none yet in this run).
     applied_node: Option<NodePlan>,
     /// ClusterIPs in the kernel's `cluster-ips` set.
@@ -55,16 +63,81 @@ struct TableState {
     cluster_ip_refs: HashMap<IpAddr, usize>,
 }
 
-impl TableState {
-    fn mark_of(&mut self, counter: &str) -> u32 {
-        if let Some(&m) = self.marks.get(counter) {
+/// Slots live below this (numgen/jhash results are 32-bit; the offset must leave room for `mod`).
+const SLOT_LIMIT: u32 = 0x7fff_0000;
+
+impl translate::Ids for TableState {
+    fn mark(&mut self, endpoint: &str) -> u32 {
+        if let Some(&m) = self.marks.get(endpoint) {
             return m;
         }
         loop {
             self.next_mark = if self.next_mark >= 0x7fff_ffff { 1 } else { self.next_mark + 1 };
             if self.used_marks.insert(self.next_mark) {
-                self.marks.insert(counter.to_string(), self.next_mark);
+                self.marks.insert(endpoint.to_string(), self.next_mark);
                 return self.next_mark;
+            }
+        }
+    }
+
+    fn slots(&mut self, route: &str, n: u32) -> u32 {
+        // A route keeps its block while its backends fit (shrinking frees nothing until applied).
+        if let Some(&(base, count)) = self.route_blocks.get(route) {
+            if n <= count {
+                self.pending_blocks.insert(route.to_string(), (base, n));
+                return base;
+            }
+        }
+        if let Some(&(base, count)) = self.pending_blocks.get(route) {
+            if count == n {
+                return base;
+            }
+        }
+        // The next free run of n slots after the last one handed out, wrapping around.
+        let mut base = self.next_slot;
+        let mut wrapped = false;
+        loop {
+            if base.saturating_add(n) > SLOT_LIMIT {
+                assert!(!wrapped, "backend-slots exhausted");
+                (base, wrapped) = (0, true);
+            }
+            let overlap = self.slot_blocks.range(..base + n).next_back().filter(|(b, c)| **b + **c > base);
+            match overlap {
+                Some((b, c)) => base = b + c,
+                None => break,
+            }
+        }
+        self.slot_blocks.insert(base, n);
+        self.pending_blocks.insert(route.to_string(), (base, n));
+        self.next_slot = base + n;
+        base
+    }
+}
+
+impl TableState {
+    /// After a Service port's transaction: its routes' blocks are now `new`'s; `old`'s others are free.
+    fn commit_blocks(&mut self, old: &BTreeMap<String, (u32, u32)>, new: Option<&BTreeMap<String, (u32, u32)>>) {
+        for (route, (base, _)) in old {
+            if new.and_then(|n| n.get(route)).map(|b| b.0) != Some(*base) {
+                self.slot_blocks.remove(base);
+                self.route_blocks.remove(route);
+            }
+        }
+        for (route, &(base, n)) in new.into_iter().flatten() {
+            self.pending_blocks.remove(route);
+            self.slot_blocks.insert(base, n);
+            self.route_blocks.insert(route.clone(), (base, n));
+        }
+    }
+
+    /// After a failed transaction: the blocks newly allocated for it are free again.
+    fn forget_blocks(&mut self, new: Option<&BTreeMap<String, (u32, u32)>>) {
+        for (route, block) in new.into_iter().flatten() {
+            if self.pending_blocks.get(route) == Some(block) {
+                self.pending_blocks.remove(route);
+                if self.route_blocks.get(route).map(|b| b.0) != Some(block.0) {
+                    self.slot_blocks.remove(&block.0);
+                }
             }
         }
     }
@@ -125,7 +198,7 @@ impl NftablesDataplane {
         let mut claimed: HashMap<(MapName, String), String> = HashMap::new();
         let mut work: Vec<(String, Option<ServiceObjects>, bool)> = Vec::new();
         for key in &todo {
-            let new = all_plans.get(key).map(|p| translate::service(p, &settings, &mut |c| state.mark_of(c)));
+            let new = all_plans.get(key).map(|p| translate::service(p, &settings, state));
             let mut conflict = false;
             let new = new.map(|mut objects| {
                 objects.elements.retain(|e, _| {
@@ -213,6 +286,7 @@ impl NftablesDataplane {
         }
         for ((key, new, conflict), ok) in work.into_iter().zip(applied) {
             if !ok {
+                state.forget_blocks(new.as_ref().map(|n| &n.slot_blocks));
                 continue;
             }
             let empty = Programmed::default();
@@ -220,19 +294,21 @@ impl NftablesDataplane {
             count_cluster_ips(&mut refs, state.services.get(&key).unwrap_or(&empty), new.as_ref());
             state.cluster_ips = refs.keys().copied().collect();
             state.cluster_ip_refs = refs;
-            if let Some(old) = state.services.get(&key) {
+            if let Some(old) = state.services.remove(&key) {
                 for e in old.elements.keys() {
                     if state.owners.get(e) == Some(&key) {
                         state.owners.remove(e);
                     }
                 }
-                // Backends (endpoint chains) that are gone give their conntrack mark back.
-                let kept = new.as_ref().map(|n| &n.chains);
-                for c in old.chains.iter().filter(|c| !kept.is_some_and(|k| k.contains_key(*c))) {
-                    if let Some(m) = state.marks.remove(c) {
+                // Backends that are gone give their conntrack mark back, routes their old slot blocks.
+                for ep in old.endpoints.iter().filter(|e| !new.as_ref().is_some_and(|n| n.endpoints.contains(*e))) {
+                    if let Some(m) = state.marks.remove(ep) {
                         state.used_marks.remove(&m);
                     }
                 }
+                state.commit_blocks(&old.slot_blocks, new.as_ref().map(|n| &n.slot_blocks));
+            } else {
+                state.commit_blocks(&BTreeMap::new(), new.as_ref().map(|n| &n.slot_blocks));
             }
             match new {
                 Some(n) => {
@@ -272,6 +348,8 @@ fn programmed(n: ServiceObjects, conflict: bool) -> Programmed {
         sets: n.sets,
         maps: n.maps.into_keys().collect(),
         elements: n.elements,
+        endpoints: n.endpoints,
+        slot_blocks: n.slot_blocks,
     }
 }
 
@@ -406,6 +484,13 @@ impl Dataplane for NftablesDataplane {
                 .flatten()
                 .filter_map(|e| e.parse().ok())
                 .collect();
+            for p in restored.services.values() {
+                for (route, &(base, n)) in &p.slot_blocks {
+                    state.slot_blocks.insert(base, n);
+                    state.route_blocks.insert(route.clone(), (base, n));
+                    state.next_slot = state.next_slot.max(base + n);
+                }
+            }
             state.used_marks = restored.marks.values().copied().collect();
             state.next_mark = state.used_marks.iter().next_back().copied().unwrap_or(0);
             state.marks = restored.marks;

@@ -76,6 +76,10 @@ pub fn parse(json: &str) -> Result<Listing, Error> {
                     l.elements.entry(set).or_default().extend(keys.iter().map(|k| (k.clone(), String::new())));
                     continue;
                 }
+                if let Some(set) = MapName::parse(&name) {
+                    l.elements.entry(set).or_default().extend(keys.into_iter().map(|k| (k, String::new())));
+                    continue;
+                }
                 l.set_elements.insert(name.clone(), keys);
                 l.sets.insert(name, u32::try_from(timeout).unwrap_or(u32::MAX));
             }
@@ -94,7 +98,7 @@ pub fn parse(json: &str) -> Result<Listing, Error> {
                     let value = match (&pair[1], pair[1].get("goto")) {
                         (_, Some(g)) => format!("goto {}", g["target"].as_str().unwrap_or_default()),
                         (Value::String(s), None) => format!("\"{s}\""),
-                        (other, None) => other.to_string(),
+                        (other, None) => key_text(other),
                     };
                     let value = match comment {
                         Some(c) => format!("comment \"{c}\" : {value}"),
@@ -134,6 +138,10 @@ pub struct Programmed {
     pub maps: BTreeSet<String>,
     /// Map elements: (map, key) -> value.
     pub elements: BTreeMap<(MapName, String), String>,
+    /// The backends (by [`names::endpoint`] name) whose conntrack marks it holds.
+    pub endpoints: BTreeSet<String>,
+    /// Its routes' blocks of `backend-slots`: route -> (first slot, count).
+    pub slot_blocks: BTreeMap<String, (u32, u32)>,
 }
 
 /// What a restore finds: the objects of each Service port (by key) and the conntrack mark of each backend.
@@ -167,8 +175,8 @@ pub fn restore(l: &Listing) -> Restored {
             r.services.entry(key.to_string()).or_default().maps.insert(map.clone());
         }
     }
-    // Each backend's conntrack mark, from its endpoint chain's DNAT rule; its counted-set elements belong
-    // to the same Service port.
+    // Each backend's conntrack mark: from its endpoint chain's DNAT rule (affinity), or from the slots of
+    // the route blocks the Service port's scheduler rules name and the address the mark DNATs to.
     let mut by_mark: HashMap<String, String> = HashMap::new();
     for (chain, rules) in l.chains.iter().filter(|(c, _)| c.starts_with("endpoint-")) {
         if let Some(mark) = rules.iter().find_map(|x| x.expr.iter().find_map(mark_of)) {
@@ -176,18 +184,75 @@ pub fn restore(l: &Listing) -> Restored {
             by_mark.insert(mark.to_string(), chain.clone());
         }
     }
+    let mut blocks: BTreeMap<u32, (u32, String)> = BTreeMap::new();
+    for (chain, rules) in &l.chains {
+        let (key, external) = match (chain.strip_prefix("service-"), chain.strip_prefix("external-")) {
+            (Some(k), _) => (k, false),
+            (_, Some(k)) => (k, true),
+            _ => continue,
+        };
+        let Some(range) = rules.iter().find_map(|x| x.expr.iter().find_map(slot_range)) else { continue };
+        if names::parse_service_key(key).is_some() {
+            blocks.insert(range.0, (range.1, key.to_string()));
+            r.services.entry(key.to_string()).or_default().slot_blocks.insert(names::balance_map(key, external), range);
+        }
+    }
+    let addrs = backend_addrs(l);
+    for (slot, mark) in l.elements.get(&MapName::BackendSlots).into_iter().flatten() {
+        let (Ok(slot), Some(mark)) = (slot.parse::<u32>(), mark.strip_prefix(": ")) else { continue };
+        let owner = blocks.range(..=slot).next_back().filter(|(base, (n, _))| slot - **base < *n).map(|(_, (_, k))| k);
+        if let (Some(key), Some((ip, port)), Ok(m)) = (owner, addrs.get(mark), mark.parse::<u32>()) {
+            let ep = names::endpoint(key, *ip, *port);
+            r.marks.insert(ep.clone(), m);
+            by_mark.insert(mark.to_string(), ep);
+        }
+    }
+    for ep in r.marks.keys() {
+        if let Some(key) = names::owner_key(ep) {
+            r.services.entry(key.to_string()).or_default().endpoints.insert(ep.clone());
+        }
+    }
     for (&map, elems) in &l.elements {
         for (k, v) in elems {
-            let target = if map.is_backend_set() {
-                by_mark.get(k).map(String::as_str).unwrap_or_default()
-            } else {
-                v.rsplit(' ').next().unwrap_or_default().trim_matches('"')
+            let target = match map {
+                MapName::BackendTraffic | MapName::BackendConnections | MapName::BackendAddrs => by_mark.get(k),
+                MapName::Hairpin => k.rsplit(" . ").next().and_then(|m| by_mark.get(m)),
+                MapName::BackendSlots => v.strip_prefix(": ").and_then(|m| by_mark.get(m)),
+                _ => None,
+            };
+            let target = match target {
+                Some(ep) => ep.as_str(),
+                None if map.is_backend_map() => continue,
+                None => v.rsplit(' ').next().unwrap_or_default().trim_matches('"'),
             };
             let Some(owner) = names::owner_key(target) else { continue };
             r.services.entry(owner.to_string()).or_default().elements.insert((map, k.clone()), v.clone());
         }
     }
     r
+}
+
+/// `backend-addrs`: mark -> the address and port it DNATs to.
+fn backend_addrs(l: &Listing) -> HashMap<&str, (IpAddr, u16)> {
+    let mut out = HashMap::new();
+    for (mark, v) in l.elements.get(&MapName::BackendAddrs).into_iter().flatten() {
+        let Some((ip, port)) = v.strip_prefix(": ").and_then(|v| v.split_once(" . ")) else { continue };
+        if let (Ok(ip), Ok(port)) = (ip.parse(), port.parse()) {
+            out.insert(mark.as_str(), (ip, port));
+        }
+    }
+    out
+}
+
+/// The block of `backend-slots` a scheduler's rule picks from: `ct mark set … mod N offset B map
+/// @backend-slots` -> (B, N).
+fn slot_range(stmt: &Value) -> Option<(u32, u32)> {
+    let m = stmt.get("mangle")?.get("value")?.get("map")?;
+    (m.get("data")?.as_str()? == format!("@{}", MapName::BackendSlots.as_str())).then_some(())?;
+    let key = m.get("key")?;
+    let pick = key.get("numgen").or_else(|| key.get("jhash"))?;
+    let n = |k: &str| pick.get(k).and_then(Value::as_u64).and_then(|v| u32::try_from(v).ok());
+    Some((n("offset").unwrap_or(0), n("mod")?))
 }
 
 fn parse_fingerprint(comment: &str) -> Option<u64> {
@@ -203,6 +268,7 @@ fn note_field<'a>(comment: &'a str, field: &str) -> Option<&'a str> {
 /// What the kernel does for each Service port of one family's table.
 pub fn dump(l: &Listing, family: Family) -> Result<Dump, Error> {
     let r = restore(l);
+    let addrs = backend_addrs(l);
     let mut services = Vec::new();
     let mut keys: Vec<&String> = r.services.keys().collect();
     keys.sort();
@@ -242,11 +308,14 @@ pub fn dump(l: &Listing, family: Family) -> Result<Dump, Error> {
             p.sets.values().next().copied().or_else(|| note.and_then(|n| note_field(n, "affinity")?.parse().ok()));
 
         let mut backends = Vec::new();
-        for chain in p.chains.iter().filter(|c| c.starts_with("endpoint-")) {
-            let Some((ip, port)) = l.chains[chain].iter().find_map(|x| x.expr.iter().find_map(dnat_of)) else {
-                continue;
+        for ep in &p.endpoints {
+            let Some(mark) = r.marks.get(ep) else { continue };
+            let target = match l.chains.get(ep) {
+                Some(rules) => rules.iter().find_map(|x| x.expr.iter().find_map(dnat_of)),
+                None => addrs.get(mark.to_string().as_str()).copied(),
             };
-            let mark = r.marks.get(chain).map(u32::to_string).unwrap_or_default();
+            let Some((ip, port)) = target else { continue };
+            let mark = mark.to_string();
             let counter = |set: MapName| l.element_counters.get(&set).and_then(|c| c.get(&mark)).copied().unwrap_or_default();
             let (packets, bytes) = counter(MapName::BackendTraffic);
             let connections = counter(MapName::BackendConnections).0;
@@ -267,9 +336,13 @@ pub fn dump(l: &Listing, family: Family) -> Result<Dump, Error> {
     Ok(Dump { services })
 }
 
-/// The scheduler a statement applies, if it is a scheduler's vmap.
+/// The scheduler a statement applies, if it is a scheduler's pick (a slot for the mark, or with affinity
+/// a vmap).
 fn scheduler_of(stmt: &Value) -> Option<Scheduler> {
-    let key = stmt.get("vmap")?.get("key")?;
+    let key = match stmt.get("vmap") {
+        Some(vmap) => vmap.get("key")?,
+        None => stmt.get("mangle")?.get("value")?.get("map")?.get("key")?,
+    };
     if let Some(ng) = key.get("numgen") {
         return Some(if ng.get("mode")?.as_str()? == "inc" { Scheduler::Rr } else { Scheduler::Random });
     }

@@ -26,17 +26,28 @@ pub enum MapName {
     BackendTraffic,
     /// Set of backend conntrack marks, with a counter per element: new connections.
     BackendConnections,
+    /// Scheduler slot -> backend conntrack mark. Each route of a Service port owns a block of consecutive
+    /// slots, one per backend, that its scheduler's `numgen`/`jhash` expression picks from (`mod N offset B`).
+    BackendSlots,
+    /// Backend conntrack mark -> backend address . port: the shared DNAT chain's map.
+    BackendAddrs,
+    /// Set of backend address . conntrack mark: traffic from a backend to itself through its Service
+    /// (hairpin), which is masqueraded.
+    Hairpin,
 }
 
 impl MapName {
     /// Every map.
-    pub const ALL: [MapName; 6] = [
+    pub const ALL: [MapName; 9] = [
         MapName::ServiceIps,
         MapName::ServiceNodeports,
         MapName::NoEndpointServices,
         MapName::NoEndpointNodeports,
         MapName::BackendTraffic,
         MapName::BackendConnections,
+        MapName::BackendSlots,
+        MapName::BackendAddrs,
+        MapName::Hairpin,
     ];
 
     /// The map's name in the table.
@@ -48,12 +59,23 @@ impl MapName {
             MapName::NoEndpointNodeports => "no-endpoint-nodeports",
             MapName::BackendTraffic => "backend-traffic",
             MapName::BackendConnections => "backend-connections",
+            MapName::BackendSlots => "backend-slots",
+            MapName::BackendAddrs => "backend-addrs",
+            MapName::Hairpin => "hairpin",
         }
     }
 
     /// Whether this is a counted set of backend marks (elements without values).
     pub fn is_backend_set(self) -> bool {
         matches!(self, MapName::BackendTraffic | MapName::BackendConnections)
+    }
+
+    /// Whether the elements are per backend, owned through the backend's conntrack mark.
+    pub fn is_backend_map(self) -> bool {
+        matches!(
+            self,
+            MapName::BackendTraffic | MapName::BackendConnections | MapName::BackendSlots | MapName::BackendAddrs | MapName::Hairpin
+        )
     }
 
     /// The map of a name.
@@ -93,8 +115,9 @@ pub fn external_chain(key: &str) -> String {
     format!("external-{key}")
 }
 
-/// The verdict map the scheduler's rule of a route looks its pick up in (a named map: nft handles
-/// thousands of anonymous ones slowly).
+/// The verdict map the scheduler's rule of a route looks its pick up in, for Service ports with ClientIP
+/// affinity (a named map: nft handles thousands of anonymous ones slowly). The same name identifies the
+/// route's block of `backend-slots` for the others.
 pub fn balance_map(key: &str, external: bool) -> String {
     if external { format!("lb-external-{key}") } else { format!("lb-cluster-{key}") }
 }
@@ -104,8 +127,8 @@ pub fn firewall_chain(key: &str) -> String {
     format!("firewall-{key}")
 }
 
-/// The chain of one backend of a Service port. IPv6 colons become dots, since nft
-/// names cannot hold colons.
+/// The name of one backend of a Service port: the key of its conntrack mark, and its chain's name when the
+/// Service port has ClientIP affinity. IPv6 colons become dots, since nft names cannot hold colons.
 pub fn endpoint(key: &str, ip: IpAddr, port: u16) -> String {
     format!("endpoint-{key}__{}/{port}", ip.to_string().replace(':', "."))
 }

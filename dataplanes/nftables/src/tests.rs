@@ -127,19 +127,16 @@ fn incremental_touches_only_the_changed_service() {
     let s = &scripts[0];
     assert!(!s.contains("kube-system") && !s.contains("demo/empty"), "other Services untouched:\n{s}");
     assert!(!s.contains("hook"), "the skeleton is not rewritten:\n{s}");
-    assert!(s.contains("delete chain ip switchyard endpoint-demo/web/tcp/http__10.244.0.3/8080"), "{s}");
-    // The removed backend's counted-set elements go (web's backends have marks 1 and 2).
-    assert!(s.contains("delete element ip switchyard backend-traffic { 2 }"), "{s}");
-    assert!(s.contains("delete element ip switchyard backend-connections { 2 }"), "{s}");
-    assert!(s.contains("numgen inc mod 1 vmap @lb-cluster-demo/web/tcp/http"), "{s}");
-    assert!(s.contains("flush map ip switchyard lb-cluster-demo/web/tcp/http"), "{s}");
+    // The removed backend's elements go (web's backends have marks 1 and 2); the route keeps its block of
+    // slots, one shorter.
+    for gone in ["backend-traffic { 2 }", "backend-connections { 2 }", "backend-addrs { 2 }", "hairpin { 10.244.0.3 . 2 }", "backend-slots { 1 }"] {
+        assert!(s.contains(&format!("delete element ip switchyard {gone}")), "{gone}:\n{s}");
+    }
+    assert!(s.contains("ct mark set numgen inc mod 1 offset 0 map @backend-slots goto backend-dnat"), "{s}");
+    assert!(!s.contains("add chain") && !s.contains("delete chain") && !s.contains(" map ip "), "no objects, only elements:\n{s}");
     assert!(
-        s.contains("add element ip switchyard lb-cluster-demo/web/tcp/http { 0 : goto endpoint-demo/web/tcp/http__10.244.0.2/8080 }"),
-        "{s}"
-    );
-    assert!(
-        !s.contains("backend-traffic { 1 }") && !s.contains("backend-connections { 1 }"),
-        "the kept backend's counters are not touched, so they keep counting:\n{s}"
+        !s.contains("backend-traffic { 1 }") && !s.contains("backend-connections { 1 }") && !s.contains("backend-slots { 0"),
+        "the kept backend's elements are not touched, so its counters keep counting:\n{s}"
     );
 
     // Delete the Service altogether.

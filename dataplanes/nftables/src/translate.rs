@@ -11,16 +11,22 @@
 //!   reject unknown ports of live ClusterIPs (`cluster-ips`) and drop unallocated Service addresses
 //!   (`service-cidrs`);
 //! - per Service port `K` (`namespace/name/protocol/port`): chain `service-K` (cluster traffic: masquerade
-//!   rules, affinity, the scheduler's rule; or reject/drop), chain `external-K` (NodePort/externalIP/LB
-//!   traffic; the Local-policy short-circuit), chain `firewall-K` (LB source ranges), the scheduler's named
-//!   verdict maps `lb-cluster-K` / `lb-external-K`, and per backend a chain `endpoint-K__IP/PORT` that marks
-//!   hairpin traffic, records affinity, tags the connection with the backend's conntrack mark and DNATs;
-//! - per backend a conntrack mark, element of the counted sets `backend-traffic` (packets and bytes both
-//!   ways) and `backend-connections` (new connections), which the `accounting-*` chains look the
-//!   connection's mark up in (per-element counters: no counter objects, which nft would have to read back
-//!   before every transaction);
-//! - per backend, when the Service has ClientIP affinity, a timeout set `affinity-K__IP/PORT` of client
-//!   addresses.
+//!   rules, the scheduler's rule; or reject/drop), chain `external-K` (NodePort/externalIP/LB traffic; the
+//!   Local-policy short-circuit), chain `firewall-K` (LB source ranges);
+//! - per backend a conntrack mark, and elements, never chains: the scheduler's rule of each route sets the
+//!   connection's mark with `numgen`/`jhash … mod N offset B` looked up in `backend-slots` (the route owns
+//!   slots `B..B+N`, one per backend) and goes to the shared chain `backend-dnat`, which masquerades hairpin
+//!   traffic (`hairpin`: backend address . mark) and DNATs to the mark's address and port (`backend-addrs`).
+//!   A backend change is a handful of element updates; the kernel's object count does not grow with
+//!   endpoints (a chain and a named map per endpoint made loading quadratic at 50,000 Services);
+//! - per backend, elements of the counted sets `backend-traffic` (packets and bytes both ways) and
+//!   `backend-connections` (new connections), which the `accounting-*` chains look the connection's mark up
+//!   in (per-element counters: no counter objects, which nft would have to read back before every
+//!   transaction);
+//! - Service ports with ClientIP affinity keep a chain per backend (`endpoint-K__IP/PORT`: marks hairpin
+//!   traffic, records the client in the backend's timeout set `affinity-K__IP/PORT`, sets the mark and
+//!   DNATs) and per route a named verdict map `lb-cluster-K` / `lb-external-K` the scheduler picks from, as
+//!   kube-proxy does: a client's affinity then ends only with its own backend.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -52,18 +58,31 @@ pub struct ServiceObjects {
     pub chains: BTreeMap<String, Vec<String>>,
     /// Affinity sets and their timeout in seconds.
     pub sets: BTreeMap<String, u32>,
-    /// The schedulers' verdict maps (`integer : verdict`) and their elements (`0 : goto endpoint-…`).
+    /// With affinity, the schedulers' verdict maps (`integer : verdict`) and their elements
+    /// (`0 : goto endpoint-…`).
     pub maps: BTreeMap<String, Vec<String>>,
     /// Elements of the shared maps: (map, key) -> value (with its comment), all as nft syntax.
     pub elements: BTreeMap<(MapName, String), String>,
+    /// The backends, by [`names::endpoint`] name, whose conntrack marks this Service port holds.
+    pub endpoints: BTreeSet<String>,
+    /// Each route's block of `backend-slots`: route ([`names::balance_map`] name) -> (first slot, count).
+    pub slot_blocks: BTreeMap<String, (u32, u32)>,
     /// The ClusterIPs, members of the shared `cluster-ips` set while any Service port has them.
     pub cluster_ips: BTreeSet<IpAddr>,
     /// Hash of all of the above, stored in the kernel to recognise an unchanged Service port after a restart.
     pub fingerprint: u64,
 }
 
-/// Translates one plan. `mark_of` gives the conntrack mark of each backend's endpoint chain name.
-pub fn service(plan: &ServicePlan, settings: &Settings, mark_of: &mut dyn FnMut(&str) -> u32) -> ServiceObjects {
+/// Identifiers the translation asks the reconciler for; stable for as long as what they name exists.
+pub trait Ids {
+    /// The conntrack mark of a backend (by its [`names::endpoint`] name).
+    fn mark(&mut self, endpoint: &str) -> u32;
+    /// The first of `n` consecutive `backend-slots` slots for a route (by its [`names::balance_map`] name).
+    fn slots(&mut self, route: &str, n: u32) -> u32;
+}
+
+/// Translates one plan.
+pub fn service(plan: &ServicePlan, settings: &Settings, ids: &mut dyn Ids) -> ServiceObjects {
     let f = Fam(plan.family);
     let key = names::service_key(&plan.name);
     let svc_chain = names::service_chain(&key);
@@ -72,20 +91,30 @@ pub fn service(plan: &ServicePlan, settings: &Settings, mark_of: &mut dyn FnMut(
     let proto = plan.name.protocol.as_str();
     let mut o = ServiceObjects::default();
 
-    // Endpoint chains, counters and affinity sets for every backend of any traffic class.
+    // Every backend of any traffic class: its mark, counters, and its address (an element, or with
+    // affinity a chain and a timeout set).
     for b in plan.all_backends() {
         let ep = names::endpoint(&key, b.ip, b.port);
-        let mut rules = vec![format!("{} saddr {} jump mark-for-masquerade", f.ip(), b.ip)];
-        if let Some(timeout) = plan.affinity_timeout {
-            let set = names::affinity_set(&ep);
-            rules.push(format!("update @{set} {{ {} saddr }}", f.ip()));
-            o.sets.insert(set, timeout);
-        }
-        let mark = mark_of(&ep);
-        rules.push(format!("meta l4proto {proto} ct mark set {mark:#010x} dnat to {}", f.sockaddr(b.ip, b.port)));
+        let mark = ids.mark(&ep);
         o.elements.insert((MapName::BackendTraffic, mark.to_string()), String::new());
         o.elements.insert((MapName::BackendConnections, mark.to_string()), String::new());
-        o.chains.insert(ep, rules);
+        match plan.affinity_timeout {
+            Some(timeout) => {
+                let set = names::affinity_set(&ep);
+                let rules = vec![
+                    format!("{} saddr {} jump mark-for-masquerade", f.ip(), b.ip),
+                    format!("update @{set} {{ {} saddr }}", f.ip()),
+                    format!("meta l4proto {proto} ct mark set {mark:#010x} dnat to {}", f.sockaddr(b.ip, b.port)),
+                ];
+                o.sets.insert(set, timeout);
+                o.chains.insert(ep.clone(), rules);
+            }
+            None => {
+                o.elements.insert((MapName::BackendAddrs, mark.to_string()), format!(": {} . {}", b.ip, b.port));
+                o.elements.insert((MapName::Hairpin, format!("{} . {mark}", b.ip)), String::new());
+            }
+        }
+        o.endpoints.insert(ep);
     }
 
     // The cluster path: masquerade where needed, then a backend; without one, reject or drop.
@@ -96,7 +125,7 @@ pub fn service(plan: &ServicePlan, settings: &Settings, mark_of: &mut dyn FnMut(
         } else if let Some(cidrs) = f.cidrs(&settings.cluster_cidrs) {
             svc_rules.push(format!("{} saddr != {cidrs} jump mark-for-masquerade", f.ip()));
         }
-        balance(&mut svc_rules, &mut o.maps, plan, &key, false, &plan.cluster.backends, f);
+        balance(&mut svc_rules, &mut o, ids, plan, &key, false, &plan.cluster.backends);
     } else {
         // Reject: reached from the filter hooks through the no-endpoint maps. Drop: from the nat hooks.
         svc_rules.extend(empty_verdict(plan.cluster.when_empty).iter().map(|r| r.to_string()));
@@ -125,7 +154,7 @@ pub fn service(plan: &ServicePlan, settings: &Settings, mark_of: &mut dyn FnMut(
         } else if !plan.external_local && plan.external.backends == plan.cluster.backends {
             rules.push(format!("goto {svc_chain}"));
         } else {
-            balance(&mut rules, &mut o.maps, plan, &key, true, &plan.external.backends, f);
+            balance(&mut rules, &mut o, ids, plan, &key, true, &plan.external.backends);
         }
         o.chains.insert(ext_chain.clone(), rules);
     }
@@ -195,23 +224,20 @@ fn empty_verdict(when: WhenEmpty) -> &'static [&'static str] {
     }
 }
 
-/// Appends the affinity rules and the scheduler's rule over `backends` to `rules`; the rule looks its pick
-/// up in the route's named verdict map, added to `maps`.
+/// Appends the scheduler's rule over `backends` to `rules`: it picks a slot of the route's block in
+/// `backend-slots` and goes to `backend-dnat`; with affinity, the affinity rules and a pick from the
+/// route's own verdict map of endpoint chains.
 fn balance(
     rules: &mut Vec<String>,
-    maps: &mut BTreeMap<String, Vec<String>>,
+    o: &mut ServiceObjects,
+    ids: &mut dyn Ids,
     plan: &ServicePlan,
     key: &str,
     external: bool,
     backends: &[Backend],
-    f: Fam,
 ) {
+    let f = Fam(plan.family);
     let eps: Vec<String> = backends.iter().map(|b| names::endpoint(key, b.ip, b.port)).collect();
-    if plan.affinity_timeout.is_some() {
-        for ep in &eps {
-            rules.push(format!("{} saddr @{} goto {ep}", f.ip(), names::affinity_set(ep)));
-        }
-    }
     let n = eps.len();
     let seed = (fnv1a(key.as_bytes()) & 0xffff_ffff) as u32;
     let selector = match plan.scheduler {
@@ -221,9 +247,22 @@ fn balance(
         // The model only asks for schedulers this dataplane supports; anything else is random.
         _ => format!("numgen random mod {n}"),
     };
-    let map = names::balance_map(key, external);
-    rules.push(format!("{selector} vmap @{map}"));
-    maps.insert(map, eps.iter().enumerate().map(|(i, ep)| format!("{i} : goto {ep}")).collect());
+    let route = names::balance_map(key, external);
+    if plan.affinity_timeout.is_some() {
+        for ep in &eps {
+            rules.push(format!("{} saddr @{} goto {ep}", f.ip(), names::affinity_set(ep)));
+        }
+        rules.push(format!("{selector} vmap @{route}"));
+        o.maps.insert(route, eps.iter().enumerate().map(|(i, ep)| format!("{i} : goto {ep}")).collect());
+        return;
+    }
+    let count = u32::try_from(n).expect("the model caps backends per route");
+    let base = ids.slots(&route, count);
+    for (i, ep) in (base..).zip(&eps) {
+        o.elements.insert((MapName::BackendSlots, i.to_string()), format!(": {}", ids.mark(ep)));
+    }
+    o.slot_blocks.insert(route, (base, count));
+    rules.push(format!("ct mark set {selector} offset {base} map @{} goto {BACKEND_DNAT}", MapName::BackendSlots.as_str()));
 }
 
 /// Stable 64-bit FNV-1a: the fingerprint must not change between builds or runs.
@@ -278,6 +317,11 @@ pub fn skeleton(family: Family, table: &str, node: &NodePlan) -> String {
     for set in [MapName::BackendTraffic, MapName::BackendConnections] {
         writeln!(s, "add set {t} {} {{ type mark; counter; }}", set.as_str()).expect("write to String");
     }
+    writeln!(s, "add map {t} {} {{ typeof numgen random mod 1 : ct mark; }}", MapName::BackendSlots.as_str())
+        .expect("write to String");
+    writeln!(s, "add map {t} {} {{ type mark : {addr_type} . inet_service; }}", MapName::BackendAddrs.as_str())
+        .expect("write to String");
+    writeln!(s, "add set {t} {} {{ type {addr_type} . mark; }}", MapName::Hairpin.as_str()).expect("write to String");
     writeln!(s, "add set {t} {CLUSTER_IPS} {{ type {addr_type}; }}").expect("write to String");
     writeln!(s, "add set {t} {NODEPORT_IPS} {{ type {addr_type}; }}").expect("write to String");
     writeln!(s, "add set {t} {SERVICE_CIDRS} {{ type {addr_type}; flags interval; }}").expect("write to String");
@@ -334,6 +378,17 @@ pub fn skeleton(family: Family, table: &str, node: &NodePlan) -> String {
                 format!("{ip} daddr @{SERVICE_CIDRS} drop"),
             ],
         ),
+        // Where every scheduler's pick (the connection's mark) becomes a DNAT. The transport protocol must be
+        // known for nft to accept a port in the mapping.
+        (
+            BACKEND_DNAT,
+            None,
+            std::iter::once(format!("{ip} saddr . ct mark @{} jump mark-for-masquerade", MapName::Hairpin.as_str()))
+                .chain(["tcp", "udp", "sctp"].map(|p| {
+                    format!("meta l4proto {p} dnat to ct mark map @{}", MapName::BackendAddrs.as_str())
+                }))
+                .collect(),
+        ),
         ("mark-for-masquerade", None, vec![format!("meta mark set meta mark or {MASQUERADE_MARK:#x}")]),
         (
             "masquerading",
@@ -362,6 +417,8 @@ pub fn skeleton(family: Family, table: &str, node: &NodePlan) -> String {
     s
 }
 
+/// The shared chain that DNATs a connection to the backend its mark names.
+pub const BACKEND_DNAT: &str = "backend-dnat";
 /// The set of every ClusterIP.
 pub const CLUSTER_IPS: &str = "cluster-ips";
 /// The set of addresses NodePorts are served on (when not every local address).

@@ -37,7 +37,11 @@ impl Drop for Netns {
 
 fn plans(file: &str) -> BTreeMap<PlanKey, ServicePlan> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(file);
-    let (objects, _) = manifest::parse(&std::fs::read_to_string(path).unwrap());
+    plans_of(&std::fs::read_to_string(path).unwrap())
+}
+
+fn plans_of(yaml: &str) -> BTreeMap<PlanKey, ServicePlan> {
+    let (objects, _) = manifest::parse(yaml);
     let mut store = Store::new(PlanOptions::new("node-a"));
     for o in objects {
         store.handle(Event::Apply(o));
@@ -79,6 +83,60 @@ fn program_restore_dump_round_trip() {
             assert_eq!(be, want, "{file}: {}", p.name);
         }
     }
+}
+
+/// Every backend's dump entry matches the plans (backends are found through the slots their route owns, so
+/// two routes sharing a slot would show here).
+fn assert_dump_matches(dp: &NftablesDataplane, desired: &BTreeMap<PlanKey, ServicePlan>, what: &str) {
+    let dump = dp.dump().unwrap();
+    let got: Vec<_> = dump.services.iter().map(|s| (s.name.clone(), s.backends.iter().map(|b| (b.ip, b.port)).collect::<Vec<_>>())).collect();
+    let want: Vec<_> =
+        desired.values().map(|p| (p.name.name.clone(), p.all_backends().iter().map(|b| (b.ip, b.port)).collect::<Vec<_>>())).collect();
+    assert_eq!(got, want, "{what}");
+}
+
+/// After a restart the slot blocks and marks in the kernel are known: a route that grows moves to a new
+/// block, a new Service gets one of its own, and neither takes slots or marks that are in use.
+#[test]
+fn restart_keeps_slots_and_marks_apart() {
+    let ns = Netns::new("slots");
+    let service = |name: &str, ip: &str, eps: &[&str]| {
+        let eps: Vec<String> = eps.iter().map(|e| format!("{{addresses: [{e}]}}")).collect();
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  clusterIP: {ip}\n  ports: [{{port: 80}}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: demo, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv4\nports: [{{port: 80}}]\nendpoints: [{}]\n---\n",
+            eps.join(", ")
+        )
+    };
+    let first = plans_of(&(service("a", "10.96.0.1", &["10.0.0.1", "10.0.0.2"]) + &service("b", "10.96.0.2", &["10.0.0.3"])));
+    let mut dp = ns.dataplane();
+    dp.restore().unwrap();
+    assert!(dp.sync(&NodePlan::default(), &first, None).unwrap().failed.is_empty());
+
+    let second = plans_of(
+        &(service("a", "10.96.0.1", &["10.0.0.1", "10.0.0.2", "10.0.0.4"])
+            + &service("b", "10.96.0.2", &["10.0.0.3"])
+            + &service("c", "10.96.0.3", &["10.0.0.5", "10.0.0.6"])),
+    );
+    let mut again = ns.dataplane();
+    again.restore().unwrap();
+    let report = again.sync(&NodePlan::default(), &second, None).unwrap();
+    assert_eq!((report.written, report.unchanged, report.failed.len()), (2, 1, 0), "{report:?}");
+    assert_dump_matches(&again, &second, "after growing a and adding c");
+
+    // A third start recognises everything, and one more change still lands where it should.
+    let mut third = ns.dataplane();
+    third.restore().unwrap();
+    let report = third.sync(&NodePlan::default(), &second, None).unwrap();
+    assert_eq!((report.written, report.unchanged), (0, 3), "{report:?}");
+    let fourth = plans_of(&(service("a", "10.96.0.1", &["10.0.0.1"]) + &service("c", "10.96.0.3", &["10.0.0.5", "10.0.0.6", "10.0.0.7"])));
+    let report = third.sync(&NodePlan::default(), &fourth, None).unwrap();
+    assert_eq!((report.written, report.removed, report.failed.len()), (2, 1, 0), "{report:?}");
+    assert_dump_matches(&third, &fourth, "after shrinking a, removing b and growing c");
+    let listing = Command::new("ip").args(["netns", "exec", &ns.0, "nft", "list", "map", "ip", "switchyard", "backend-slots"]).output().unwrap();
+    let text = String::from_utf8_lossy(&listing.stdout);
+    assert_eq!(text.matches(" : 0x").count(), 4, "one slot per backend of a and c, none left over:\n{text}");
 }
 
 /// Removing Service ports removes all of their objects and nothing else; cleanup removes the tables.
