@@ -17,8 +17,8 @@ use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock
 use aya::{EbpfLoader, Pod};
 use switchyard_ebpf_common::{
     AffinityKey, AffinityValue, BackendStats, BackendValue, ReverseValue, ServiceKey, ServiceMeta, ServiceValue,
-    SlotKey, SockAddrKey, SockValue, AFFINITY_MAP, BACKENDS_MAP, CONNS_MAP, MAP_PREFIX, META_MAP, REVERSE_MAP,
-    RR_MAP, SERVICES_MAP, SLOTS_MAP, SOCKETS_MAP, STATS_MAP, UDP_FLOWS_MAP,
+    SlotKey, SockAddrKey, SockValue, AFFINITY_MAP, BACKENDS_MAP, CONNS_MAP, MAP_PREFIX, META_MAP, REVERSE_MAP, RR_MAP,
+    SERVICES_MAP, SLOTS_MAP, SOCKETS_MAP, STATS_MAP, UDP_FLOWS_MAP,
 };
 
 /// The kernel programs, built by `build.rs`.
@@ -96,8 +96,16 @@ pub fn prepare_pin_dir(pin_dir: &Path) -> Result<()> {
     let sys_bpf = Path::new("/sys/fs/bpf");
     if pin_dir.starts_with(sys_bpf) && !is_bpffs(sys_bpf) {
         std::fs::create_dir_all(sys_bpf).map_err(|e| KernelError::io("creating /sys/fs/bpf", e))?;
-        nix::mount::mount(Some("bpffs"), sys_bpf, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-            .map_err(|e| KernelError::io("mounting a bpffs on /sys/fs/bpf", e))?;
+        // Two loaders starting at once must not both mount: the second bpffs would hide the pins made in the
+        // first. Lock the mount point itself, then look again: a loader that opens it after the mount gets the
+        // bpffs root (another inode, no wait) and finds it mounted.
+        let dir = File::open(sys_bpf).map_err(|e| KernelError::io("opening /sys/fs/bpf", e))?;
+        let _lock = nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| KernelError::io("locking /sys/fs/bpf", e))?;
+        if !is_bpffs(sys_bpf) {
+            nix::mount::mount(Some("bpffs"), sys_bpf, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+                .map_err(|e| KernelError::io("mounting a bpffs on /sys/fs/bpf", e))?;
+        }
     }
     std::fs::create_dir_all(pin_dir).map_err(|e| KernelError::io(format!("creating {}", pin_dir.display()), e))?;
     if !is_bpffs(pin_dir) {
@@ -229,7 +237,8 @@ pub fn delete<K: Pod, V: Pod>(map: &mut HashMap<MapData, K, V>, name: &str, key:
 /// Creates a backend's per-CPU counters at zero.
 pub fn zero_stats(map: &mut PerCpuHashMap<MapData, u32, BackendStats>, id: u32) -> Result<()> {
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| KernelError::io(what, e))?;
-    let values = PerCpuValues::try_from(vec![BackendStats::default(); cpus]).map_err(|e| KernelError::io("per-CPU values", e))?;
+    let values = PerCpuValues::try_from(vec![BackendStats::default(); cpus])
+        .map_err(|e| KernelError::io("per-CPU values", e))?;
     stats_map_insert(map, id, values)
 }
 

@@ -34,8 +34,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use switchyard_ebpf_common::{
-    route, BackendValue, ServiceKey, ServiceMeta, ServiceValue, SlotKey, BACKENDS_MAP, CONNS_MAP, FAMILY_V4,
-    META_MAP, NAME_LEN, PROTO_TCP, PROTO_UDP, RR_MAP, SERVICES_MAP, SLOTS_MAP,
+    route, BackendValue, ServiceKey, ServiceMeta, ServiceValue, SlotKey, BACKENDS_MAP, CONNS_MAP, FAMILY_V4, META_MAP,
+    NAME_LEN, PROTO_TCP, PROTO_UDP, RR_MAP, SERVICES_MAP, SLOTS_MAP,
 };
 use switchyard_model::dataplane::{Dataplane, Dump, DumpBackend, DumpFrontend, DumpService, Error, SyncReport};
 use switchyard_model::{Family, FrontendKind, NodePlan, PlanKey, Protocol, Scheduler, ServicePlan, ServicePortName};
@@ -138,7 +138,9 @@ fn kernel_err(e: KernelError) -> Error {
     match e {
         // The source's text goes into `what` too: callers often print only the top error.
         KernelError::Io { what, source } => Error::Io { dataplane: NAME, what: format!("{what}: {source}"), source },
-        KernelError::Setup(message) => Error::Io { dataplane: NAME, what: message, source: std::io::Error::other("setup") },
+        KernelError::Setup(message) => {
+            Error::Io { dataplane: NAME, what: message, source: std::io::Error::other("setup") }
+        }
     }
 }
 
@@ -162,7 +164,12 @@ fn plan_key_of(meta: &ServiceMeta) -> Option<PlanKey> {
     };
     let family = if meta.family == FAMILY_V4 { Family::V4 } else { Family::V6 };
     Some((
-        ServicePortName { namespace: name_str(&meta.namespace), name: name_str(&meta.name), port: name_str(&meta.port), protocol },
+        ServicePortName {
+            namespace: name_str(&meta.namespace),
+            name: name_str(&meta.name),
+            port: name_str(&meta.port),
+            protocol,
+        },
         family,
     ))
 }
@@ -185,6 +192,12 @@ impl EbpfDataplane {
     /// A dataplane with these settings; `nft` runs the nftables table's transactions. Touches nothing until
     /// [`Dataplane::restore`] or [`Dataplane::sync`].
     pub fn new(settings: EbpfSettings, nft: Box<dyn Nft>) -> Self {
+        if settings.nftables.masquerade_all {
+            info!(
+                "--masquerade-all applies to the traffic nftables serves; connections the socket hooks serve are \
+                 never NATed, so their backends see the client's own address"
+            );
+        }
         let nft = NftablesDataplane::new(settings.nftables.clone(), nft);
         EbpfDataplane { settings, nft, maps: None, state: State::default(), last_node: None }
     }
@@ -365,10 +378,7 @@ impl EbpfDataplane {
                 removed.insert(*id);
             }
         }
-        st.plans.insert(
-            key.clone(),
-            Programmed { service_id, fingerprint, frontends, routes, backends },
-        );
+        st.plans.insert(key.clone(), Programmed { service_id, fingerprint, frontends, routes, backends });
         Ok(conflict)
     }
 
@@ -418,7 +428,11 @@ impl EbpfDataplane {
         }
         let Some(maps) = self.maps.as_ref() else { return };
         let cookies: BTreeSet<u64> = match entries(&maps.sockets) {
-            Ok(e) => e.into_iter().filter(|(_, s)| s.proto == PROTO_UDP && removed.contains(&s.backend_id)).map(|(c, _)| c).collect(),
+            Ok(e) => e
+                .into_iter()
+                .filter(|(_, s)| s.proto == PROTO_UDP && removed.contains(&s.backend_id))
+                .map(|(c, _)| c)
+                .collect(),
             Err(e) => {
                 warn!(error = %e, "cannot read the socket map; connected UDP sockets of removed backends stay");
                 return;
@@ -527,7 +541,11 @@ fn dump_family(s: &DumpService) -> Option<Family> {
 fn merge(mut dump: Dump, ebpf: Vec<(Family, DumpService)>) -> Dump {
     for (family, e) in ebpf {
         let existing = dump.services.iter_mut().find(|s| {
-            s.namespace == e.namespace && s.name == e.name && s.port == e.port && s.protocol == e.protocol && dump_family(s) == Some(family)
+            s.namespace == e.namespace
+                && s.name == e.name
+                && s.port == e.port
+                && s.protocol == e.protocol
+                && dump_family(s) == Some(family)
         });
         match existing {
             Some(s) => {
@@ -554,7 +572,9 @@ fn merge(mut dump: Dump, ebpf: Vec<(Family, DumpService)>) -> Dump {
             None => dump.services.push(e),
         }
     }
-    dump.services.sort_by(|a, b| (&a.namespace, &a.name, &a.port, a.protocol).cmp(&(&b.namespace, &b.name, &b.port, b.protocol)));
+    dump.services.sort_by(|a, b| {
+        (&a.namespace, &a.name, &a.port, a.protocol).cmp(&(&b.namespace, &b.name, &b.port, b.protocol))
+    });
     dump
 }
 
@@ -620,7 +640,9 @@ impl Dataplane for EbpfDataplane {
         }
         for (key, t) in &translations {
             let Some(t) = t else { continue };
-            if self.state.plans.get(*key).is_some_and(|p| p.fingerprint == t.fingerprint) && !self.state.conflicted.contains(*key) {
+            if self.state.plans.get(*key).is_some_and(|p| p.fingerprint == t.fingerprint)
+                && !self.state.conflicted.contains(*key)
+            {
                 report.unchanged += 1;
                 continue;
             }

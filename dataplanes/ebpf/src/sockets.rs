@@ -92,7 +92,10 @@ fn diag_socket() -> io::Result<Socket> {
 
 /// The connected UDP sockets of one family in the current network namespace.
 fn dump(sock: &Socket, family: u8) -> io::Result<Vec<DiagSocket>> {
-    sock.send(&request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, family, 1 << TCP_ESTABLISHED, &[0; SOCKID_LEN]), 0)?;
+    sock.send(
+        &request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, family, 1 << TCP_ESTABLISHED, &[0; SOCKID_LEN]),
+        0,
+    )?;
     let mut out = Vec::new();
     loop {
         let (buf, _) = sock.recv_from_full()?;

@@ -18,7 +18,13 @@ fn fe(kind: FrontendKind, ip: &str, port: u16) -> DumpFrontend {
 }
 
 fn be(ip: &str, connections: u64) -> DumpBackend {
-    DumpBackend { ip: ip.parse().unwrap(), port: 8080, packets: connections * 10, bytes: connections * 100, connections }
+    DumpBackend {
+        ip: ip.parse().unwrap(),
+        port: 8080,
+        packets: connections * 10,
+        bytes: connections * 100,
+        connections,
+    }
 }
 
 /// The dump merges the socket hooks' entry into nftables' entry of the same Service port and family:
@@ -27,13 +33,21 @@ fn be(ip: &str, connections: u64) -> DumpBackend {
 fn dump_merges_by_service_port_and_family() {
     let nft = Dump {
         services: vec![
-            service(vec![fe(FrontendKind::ClusterIp, "10.96.0.1", 80), fe(FrontendKind::NodePort, "0.0.0.0", 30080)], vec![be("10.0.0.1", 1)], Scheduler::Random),
+            service(
+                vec![fe(FrontendKind::ClusterIp, "10.96.0.1", 80), fe(FrontendKind::NodePort, "0.0.0.0", 30080)],
+                vec![be("10.0.0.1", 1)],
+                Scheduler::Random,
+            ),
             service(vec![fe(FrontendKind::ClusterIp, "fd00::1", 80)], vec![be("fd00::a", 0)], Scheduler::Random),
         ],
     };
     let ebpf = vec![(
         Family::V4,
-        service(vec![fe(FrontendKind::ClusterIp, "10.96.0.1", 80), fe(FrontendKind::NodePort, "127.0.0.1", 30080)], vec![be("10.0.0.1", 2), be("10.0.0.2", 3)], Scheduler::Lc),
+        service(
+            vec![fe(FrontendKind::ClusterIp, "10.96.0.1", 80), fe(FrontendKind::NodePort, "127.0.0.1", 30080)],
+            vec![be("10.0.0.1", 2), be("10.0.0.2", 3)],
+            Scheduler::Lc,
+        ),
     )];
     let d = merge(nft, ebpf);
     assert_eq!(d.services.len(), 2);
@@ -48,7 +62,15 @@ fn dump_merges_by_service_port_and_family() {
 /// Names survive the fixed-size meta fields; a plan key is recovered from them.
 #[test]
 fn meta_names_round_trip() {
-    let key: PlanKey = (ServicePortName { namespace: "kube-system".into(), name: "kube-dns".into(), port: "dns-tcp".into(), protocol: Protocol::Udp }, Family::V6);
+    let key: PlanKey = (
+        ServicePortName {
+            namespace: "kube-system".into(),
+            name: "kube-dns".into(),
+            port: "dns-tcp".into(),
+            protocol: Protocol::Udp,
+        },
+        Family::V6,
+    );
     let t = Translation {
         scheduler: 0,
         affinity_timeout: 0,
@@ -66,7 +88,10 @@ fn meta_names_round_trip() {
 /// The eBPF dataplane honours every scheduler but Maglev.
 #[test]
 fn supported_schedulers() {
-    let dp = EbpfDataplane::new(EbpfSettings::new(Default::default()), Box::new(switchyard_nftables::kernel::NftCommand::default()));
+    let dp = EbpfDataplane::new(
+        EbpfSettings::new(Default::default()),
+        Box::new(switchyard_nftables::kernel::NftCommand::default()),
+    );
     let supported: Vec<Scheduler> = Scheduler::ALL.into_iter().filter(|s| dp.supports(*s)).collect();
     assert_eq!(supported.len(), 9);
     assert!(!dp.supports(Scheduler::Mh));

@@ -172,20 +172,21 @@ pub fn translate(plan: &ServicePlan, node: &NodePlan) -> Option<Translation> {
     let mut by_addr: BTreeMap<(IpAddr, u16), BackendSpec> = BTreeMap::new();
     for &r in &used_routes {
         for b in route_backends(r) {
-            let spec = by_addr
-                .entry((b.ip, b.port))
-                .or_insert_with(|| BackendSpec { ip: b.ip, port: b.port, weight: b.weight, routes: 0 });
+            let spec = by_addr.entry((b.ip, b.port)).or_insert_with(|| BackendSpec {
+                ip: b.ip,
+                port: b.port,
+                weight: b.weight,
+                routes: 0,
+            });
             spec.routes |= 1 << r;
         }
     }
     let backends: Vec<BackendSpec> = by_addr.into_values().collect();
-    let index: BTreeMap<(IpAddr, u16), usize> =
-        backends.iter().enumerate().map(|(i, b)| ((b.ip, b.port), i)).collect();
+    let index: BTreeMap<(IpAddr, u16), usize> = backends.iter().enumerate().map(|(i, b)| ((b.ip, b.port), i)).collect();
 
     let mut routes = BTreeMap::new();
     for &r in &used_routes {
-        let members: Vec<(usize, u32)> =
-            route_backends(r).iter().map(|b| (index[&(b.ip, b.port)], b.weight)).collect();
+        let members: Vec<(usize, u32)> = route_backends(r).iter().map(|b| (index[&(b.ip, b.port)], b.weight)).collect();
         routes.insert(r, slots(sched, &members));
     }
 
@@ -199,7 +200,13 @@ pub fn translate(plan: &ServicePlan, node: &NodePlan) -> Option<Translation> {
         backends,
         fingerprint: 0,
     };
-    t.fingerprint = fnv1a(format!("{:?}|{:?}|{:?}|{:?}|{:?}|{:?}", t.scheduler, t.affinity_timeout, t.proto, t.frontends, t.routes, t.backends).as_bytes());
+    t.fingerprint = fnv1a(
+        format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            t.scheduler, t.affinity_timeout, t.proto, t.frontends, t.routes, t.backends
+        )
+        .as_bytes(),
+    );
     Some(t)
 }
 
@@ -244,7 +251,8 @@ fn wrr_slots(members: &[(usize, u32)]) -> Vec<usize> {
         for (c, w) in current.iter_mut().zip(&weights) {
             *c += *w as i64;
         }
-        let (best, _) = current.iter().enumerate().max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i))).expect("not empty");
+        let (best, _) =
+            current.iter().enumerate().max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i))).expect("not empty");
         current[best] -= total as i64;
         out.push(live[best].0);
     }

@@ -62,14 +62,22 @@ fn address_words_round_trip() {
 /// its addresses, externalIPs and LB IPs stay with nftables), by the external route.
 #[test]
 fn frontends_and_routes() {
-    let p = plan(Protocol::Tcp, Scheduler::Rr, vec![backend("10.0.0.1", 1)], vec![backend("10.0.0.1", 1), backend("10.0.0.2", 1)]);
+    let p = plan(
+        Protocol::Tcp,
+        Scheduler::Rr,
+        vec![backend("10.0.0.1", 1)],
+        vec![backend("10.0.0.1", 1), backend("10.0.0.2", 1)],
+    );
     let t = translate(&p, &localhost_node()).unwrap();
     let mut fronts: Vec<(IpAddr, u16, u8)> =
         t.frontends.iter().map(|(k, r)| (words_addr(k.addr, k.family), port_host(k.port), *r)).collect();
     fronts.sort();
     assert_eq!(
         fronts,
-        vec![("10.96.0.1".parse().unwrap(), 80, route::CLUSTER), ("127.0.0.1".parse().unwrap(), 30080, route::NODEPORT)]
+        vec![
+            ("10.96.0.1".parse().unwrap(), 80, route::CLUSTER),
+            ("127.0.0.1".parse().unwrap(), 30080, route::NODEPORT)
+        ]
     );
     assert_eq!(t.backends.len(), 2);
     assert_eq!(t.backends[0].routes, 0b11, "10.0.0.1 is in both routes");
