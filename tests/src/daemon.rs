@@ -26,15 +26,23 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The `switchyard` binary next to the running test executable. Panics, saying how to build it, if missing.
 pub fn binary() -> PathBuf {
+    built_executable("switchyard", "cargo build -p switchyard")
+}
+
+/// The executable `name` that cargo built next to the running test executable
+/// (`target/<profile>/deps/<test>-<hash>` -> `target/<profile>/<name>`). Panics, saying `how` to build it, if
+/// it is missing.
+pub fn built_executable(name: &str, how: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test>-<hash> -> target/<profile>/switchyard
     let mut candidates = Vec::new();
     for dir in exe.ancestors().skip(1).take(2) {
-        candidates.push(dir.join("switchyard"));
+        candidates.push(dir.join(name));
     }
-    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
-        panic!("the switchyard binary is missing (looked at {candidates:?}): run `cargo build -p switchyard` first")
-    })
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| panic!("the {name} executable is missing (looked at {candidates:?}): run `{how}` first"))
 }
 
 /// Flags for `switchyard run`.
@@ -58,6 +66,10 @@ pub struct Options {
     pub extra_args: Vec<String>,
     /// Whether to write a v1 Node manifest (`node.yaml`, InternalIP [`crate::netns::NODE_IP`]) before starting.
     pub write_node: bool,
+    /// `--ebpf-cgroup` (the eBPF dataplane's attach point), if given.
+    pub ebpf_cgroup: Option<PathBuf>,
+    /// `--bpffs-dir` (the eBPF dataplane's pins), if given; also passed to `switchyard dump`.
+    pub bpffs_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -72,6 +84,8 @@ impl Default for Options {
             healthz_bind_address: "0.0.0.0:10256".into(),
             extra_args: Vec::new(),
             write_node: true,
+            ebpf_cgroup: None,
+            bpffs_dir: None,
         }
     }
 }
@@ -100,7 +114,23 @@ impl Options {
         if self.masquerade_all {
             a.push("--masquerade-all".into());
         }
+        if let Some(c) = &self.ebpf_cgroup {
+            a.extend(["--ebpf-cgroup".into(), c.display().to_string()]);
+        }
+        if let Some(d) = &self.bpffs_dir {
+            a.extend(["--bpffs-dir".into(), d.display().to_string()]);
+        }
         a.extend(self.extra_args.iter().cloned());
+        a
+    }
+
+    /// The arguments of `switchyard dump -o json` for this daemon's state: the eBPF dataplane's own view
+    /// (maps and nftables) when the daemon has a pin directory of its own, else the nftables tables.
+    fn dump_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = vec!["dump".into(), "-o".into(), "json".into()];
+        if let Some(d) = &self.bpffs_dir {
+            a.extend(["--dataplane".into(), self.dataplane.clone(), "--bpffs-dir".into(), d.display().to_string()]);
+        }
         a
     }
 
@@ -169,8 +199,7 @@ impl<'a> Daemon<'a> {
         writeln!(log, "===== switchyard {} =====", self.opts.args(&self.manifests).join(" ")).ok();
         let out = log.try_clone().expect("clone log");
         let child = self
-            .node
-            .command(&self.binary)
+            .command()
             .args(self.opts.args(&self.manifests))
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .env("RUST_BACKTRACE", "1")
@@ -215,10 +244,20 @@ impl<'a> Daemon<'a> {
         fs::remove_file(self.manifests.join(name)).unwrap_or_else(|e| panic!("remove manifest {name}: {e}"));
     }
 
+    /// `switchyard` in the node namespace, to be completed with arguments. The eBPF dataplane's daemon keeps
+    /// the test's mounts (its cgroup and pins live under `/sys/fs`, which `ip netns exec` would hide): see
+    /// [`Netns::command_keeping_mounts`].
+    fn command(&self) -> std::process::Command {
+        if self.opts.dataplane == "ebpf" {
+            self.node.command_keeping_mounts(&self.binary)
+        } else {
+            self.node.command(&self.binary)
+        }
+    }
+
     /// Runs `switchyard <args>` in the node namespace (the CLI, not the daemon) and returns its output.
     pub fn cli(&self, args: &[&str]) -> Output {
-        self.node
-            .command(&self.binary)
+        self.command()
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -227,7 +266,8 @@ impl<'a> Daemon<'a> {
 
     /// `switchyard dump -o json` in the node namespace, or the reason it failed.
     pub fn try_dump(&self) -> Result<Value, String> {
-        let out = self.cli(&["dump", "-o", "json"]);
+        let args = self.opts.dump_args();
+        let out = self.cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
         if !out.status.success() {
             return Err(format!("switchyard dump failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr)));
         }

@@ -4,8 +4,10 @@
 //! Everything here needs root (network namespaces, nftables). A test that cannot get what it needs panics
 //! with the reason: it never passes silently.
 
+pub mod cgroup;
 pub mod daemon;
 pub mod fake_apiserver;
 pub mod netns;
 pub mod scenario;
+pub mod sender;
 pub mod traffic;

@@ -108,6 +108,17 @@ impl Netns {
         cmd
     }
 
+    /// A command that runs `program args` inside the namespace with `nsenter --net`, to be completed by the
+    /// caller. Unlike [`command`](Self::command) (`ip netns exec`, which gives the program a mount namespace of
+    /// its own with a fresh `/sys`), the program keeps the test's mounts: the cgroup2 hierarchy and the bpffs
+    /// under `/sys/fs`, as a node daemon with the host's `/sys/fs/cgroup` and `/sys/fs/bpf` has. Its
+    /// `/sys/class/net` then shows the test's namespace, not this one.
+    pub fn command_keeping_mounts(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name)).arg("--").arg(program);
+        cmd
+    }
+
     /// Runs a program inside the namespace to completion and returns its output (whatever its exit status).
     pub fn exec(&self, argv: &[&str]) -> Output {
         let (program, args) = argv.split_first().expect("exec needs a program");

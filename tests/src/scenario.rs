@@ -48,6 +48,27 @@
 //!
 //! Default tries: 4 for `answered_by`, 10 per listed backend for `all_of` (a miss with random scheduling
 //! is then below 1 in 10⁴), 2 for `refused`, 1 for `dropped` and `status`.
+//!
+//! # Where packets come from
+//!
+//! Senders mirror a real node. For nftables and IPVS, which decide by packet, every sender is a thread of
+//! the test process inside its namespace. The eBPF dataplane decides at the socket, for the processes of
+//! the cgroup its programs are attached to, which on a node is every process, pods included. So for
+//! `ebpf` each scenario gets a cgroup and a bpffs pin directory of its own (`--ebpf-cgroup`,
+//! `--bpffs-dir`; removed afterwards, also on panic), and `pod:NAME` and `node` flows are sent by a
+//! process of their own inside that cgroup and the namespace (`switchyard-test-sender`, see
+//! [`crate::sender`]); `external` flows come from outside the cgroup, as from another machine.
+//!
+//! For `ebpf` the runner also checks the socket hooks' part, from the kernel's socket table in the
+//! sender's namespace: every answered try from a pod or the node to a ClusterIP (or a loopback address,
+//! `--localhost-nodeports`) must have had its socket connected straight to the backend that answered,
+//! and every answered try to any other address (NodePorts on node addresses, LB IPs, externalIPs, plain
+//! routing: what nftables serves) to the address asked for. So a scenario cannot pass on eBPF through the
+//! nftables table's ClusterIP fallback alone.
+//!
+//! A `source` expectation that cannot apply to a dataplane by design is listed in
+//! [`EXCLUDED_SOURCE_CHECKS`] with the reason; the flow still runs with every other check, and the reason is
+//! printed on every run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -58,8 +79,10 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::cgroup::{PinDir, TestCgroup};
 use crate::daemon::{self, Daemon, Options};
 use crate::netns::{Cluster, EXTERNAL_IP, EXTERNAL_IP6, NODE_IP, NODE_IP6};
+use crate::sender::{Reply, Request, Sender};
 use crate::traffic::{self, Outcome, Server};
 
 /// One scenario file.
@@ -188,6 +211,76 @@ pub struct Expect {
     pub json: Option<Value>,
 }
 
+/// A `source` expectation that cannot apply to a dataplane by design. The flow still runs and every other
+/// expectation of it is checked; the runner reports the sources the backend saw instead and says why, on every
+/// run (past libtest's output capture). A dataplane bug is a failure to fix, never an entry here.
+#[derive(Debug, Clone, Copy)]
+pub struct Exclusion {
+    /// The dataplane (`--dataplane`).
+    pub dataplane: &'static str,
+    /// The scenario: its file name without `.yaml`.
+    pub scenario: &'static str,
+    /// The flow's `name`.
+    pub flow: &'static str,
+    /// Why it cannot apply.
+    pub reason: &'static str,
+}
+
+/// Every [`Exclusion`]. [`check_exclusions`] keeps it honest (each names a flow with a `source` expectation).
+pub const EXCLUDED_SOURCE_CHECKS: &[Exclusion] = &[
+    Exclusion {
+        dataplane: "ebpf",
+        scenario: "masquerade-all",
+        flow: "pod to ClusterIP is masqueraded",
+        reason: SOCKET_LB_MASQUERADE,
+    },
+    Exclusion {
+        dataplane: "ebpf",
+        scenario: "masquerade-all",
+        flow: "pod to ClusterIP over UDP is masqueraded",
+        reason: SOCKET_LB_MASQUERADE,
+    },
+    Exclusion {
+        dataplane: "ebpf",
+        scenario: "masquerade-all",
+        flow: "pod to IPv6 ClusterIP is masqueraded",
+        reason: SOCKET_LB_MASQUERADE,
+    },
+    Exclusion {
+        dataplane: "ebpf",
+        scenario: "masquerade-cluster-cidr",
+        flow: "hairpin is masqueraded",
+        reason: SOCKET_LB_HAIRPIN,
+    },
+    Exclusion {
+        dataplane: "ebpf",
+        scenario: "masquerade-cluster-cidr",
+        flow: "IPv6 hairpin is masqueraded",
+        reason: SOCKET_LB_HAIRPIN,
+    },
+];
+
+const SOCKET_LB_MASQUERADE: &str =
+    "the socket hooks connect the pod's socket straight to the backend, so no packet of \
+    the connection is NATed and the backend sees the pod's own address. --masquerade-all exists so that replies to \
+    DNATed packets come back through the node that translated them; a socket-LB connection has no translation to \
+    undo. Traffic nftables serves (from outside the node or the cgroup) is still masqueraded";
+
+const SOCKET_LB_HAIRPIN: &str = "the socket hooks connect the pod straight to its own address, inside its own \
+    namespace: the packets never reach the node, so there is no DNATed reply to fix by masquerading, and the \
+    backend sees its own address (kube-proxy masquerades hairpin traffic only because it DNATs it on the node)";
+
+/// Panics unless every [`EXCLUDED_SOURCE_CHECKS`] entry names a scenario file in `dir` and a flow of it that
+/// has a `source` expectation.
+pub fn check_exclusions(dir: &Path) {
+    for x in EXCLUDED_SOURCE_CHECKS {
+        let s = Scenario::load(&dir.join(format!("{}.yaml", x.scenario)));
+        let flow = s.flows.iter().find(|f| f.name.as_deref() == Some(x.flow));
+        let flow = flow.unwrap_or_else(|| panic!("exclusion {x:?}: scenario {} has no flow {:?}", x.scenario, x.flow));
+        assert!(flow.expect.source.is_some(), "exclusion {x:?}: the flow has no `source` expectation");
+    }
+}
+
 /// A refusal slower than this is not "at once".
 const AT_ONCE: Duration = Duration::from_millis(500);
 
@@ -260,8 +353,16 @@ pub fn run_file(path: &Path, dataplane: &str) {
 pub fn run(name: &str, s: &Scenario, dataplane: &str) {
     let started = Instant::now();
     let c = Cluster::dual_stack(s.pods.len());
+    // Socket hooks: the daemon's own cgroup (pods' and the node's senders go into it) and pin directory.
+    let hooks = (dataplane == "ebpf").then(|| SocketHooks::new(&c.prefix));
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
-    let opts = Options { dataplane: dataplane.into(), write_node: false, ..Options::default() };
+    let opts = Options {
+        dataplane: dataplane.into(),
+        write_node: false,
+        ebpf_cgroup: hooks.as_ref().map(|h| h.cgroup.path().to_path_buf()),
+        bpffs_dir: hooks.as_ref().map(|h| h.pins.path().to_path_buf()),
+        ..Options::default()
+    };
     vars.insert("node.name".into(), opts.node_name.clone());
     vars.insert("node.ip".into(), NODE_IP.to_string());
     vars.insert("node.ip6".into(), NODE_IP6.to_string());
@@ -274,6 +375,8 @@ pub fn run(name: &str, s: &Scenario, dataplane: &str) {
         pods.insert(spec.name.as_str(), pod);
     }
     let subst = |text: &str| substitute(text, &vars).unwrap_or_else(|e| panic!("scenario {name}: {e}"));
+    let pod_addresses: BTreeMap<&str, Vec<IpAddr>> =
+        pods.iter().map(|(n, p)| (*n, vec![p.ip.into(), p.ip6.expect("dual stack").into()])).collect();
 
     // Servers, and the external client's extras.
     let mut servers: Vec<Server> = Vec::new();
@@ -313,6 +416,7 @@ pub fn run(name: &str, s: &Scenario, dataplane: &str) {
     }
     opts.extra_args = s.flags.iter().map(|f| subst(f)).collect();
     let objects = subst(&s.objects);
+    let cluster_ips = cluster_ips(&objects);
     let d = Daemon::start_with_manifests(
         &c.node,
         opts,
@@ -341,7 +445,30 @@ pub fn run(name: &str, s: &Scenario, dataplane: &str) {
                 None => panic!("scenario {name}: {label}: unknown source {other:?} (pod:NAME, node, external)"),
             },
         };
-        let result = run_flow(&c, &from, flow, &subst);
+        // Pods and the node are on the node, in the hooked cgroup; the external client is another machine.
+        let hooked = hooks.as_ref().map(|h| h.cgroup.path());
+        let sender = match (&from, hooked) {
+            (Source::Pod(p), Some(cgroup)) => Sender::in_cgroup(&p.ns, cgroup),
+            (Source::Node, Some(cgroup)) => Sender::in_cgroup(&c.node, cgroup),
+            (Source::Pod(p), None) => Sender::thread(&p.ns),
+            (Source::Node, None) => Sender::thread(&c.node),
+            (Source::External, _) => Sender::thread(&c.external),
+        };
+        let excluded = EXCLUDED_SOURCE_CHECKS
+            .iter()
+            .find(|e| e.dataplane == dataplane && e.scenario == name && flow.name.as_deref() == Some(e.flow));
+        let checks = Checks {
+            socket_hooks: sender.cgroup().is_some().then_some(&cluster_ips),
+            pod_addresses: &pod_addresses,
+            source_excluded: excluded,
+        };
+        let result = run_flow(&c, &from, &sender, flow, &subst, &checks);
+        if let Some(e) = excluded {
+            announce(&format!(
+                "scenario {name} on {dataplane}: flow {i} {:?}: its `source` expectation is not checked: {}",
+                e.flow, e.reason
+            ));
+        }
         match &result {
             Ok(summary) => writeln!(report, "  ok    {label}: {summary}"),
             Err(why) => {
@@ -363,6 +490,12 @@ pub fn run(name: &str, s: &Scenario, dataplane: &str) {
     }
     println!("scenario {name} on {dataplane} ({:.1?}): {}\n{report}", started.elapsed(), s.description.trim());
     if !failures.is_empty() {
+        if hooks.is_some() {
+            match d.try_dump() {
+                Ok(v) => eprintln!("----- switchyard dump --dataplane {dataplane} -----\n{v:#}"),
+                Err(e) => eprintln!("----- switchyard dump --dataplane {dataplane} -----\n{e}"),
+            }
+        }
         if let Ok(cmd) = std::env::var(DIAGNOSE_ENV) {
             let out = c.node.exec(&["sh", "-c", &cmd]);
             eprintln!(
@@ -381,6 +514,11 @@ pub fn run(name: &str, s: &Scenario, dataplane: &str) {
     }
     drop(d);
     drop(servers);
+    if let Some(h) = hooks {
+        let (pins, cgroup) = (h.pins.path().to_path_buf(), h.cgroup.path().to_path_buf());
+        drop(h);
+        assert!(!pins.exists() && !cgroup.exists(), "scenario {name}: {pins:?} or {cgroup:?} is left over");
+    }
 }
 
 /// Servers for `tcp/PORT` or `udp/PORT` on both families, answering as `name`.
@@ -417,8 +555,26 @@ fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String, Str
     Ok(out)
 }
 
-/// Sends one flow's tries and checks them. `Ok` with a summary, or `Err` with what went wrong.
-fn run_flow(c: &Cluster, from: &Source<'_>, flow: &Flow, subst: &dyn Fn(&str) -> String) -> Result<String, String> {
+/// What the runner checks of a flow besides its `expect`.
+struct Checks<'a> {
+    /// The sender's sockets are seen by the eBPF dataplane's socket hooks: the Services' ClusterIPs, the
+    /// addresses whose connections the hooks must have rewritten (see [`check_socket_hooks`]).
+    socket_hooks: Option<&'a BTreeSet<IpAddr>>,
+    /// Each pod's addresses, by name.
+    pod_addresses: &'a BTreeMap<&'a str, Vec<IpAddr>>,
+    /// This flow's `source` expectation does not apply to this dataplane.
+    source_excluded: Option<&'a Exclusion>,
+}
+
+/// Sends one flow's tries from `sender` and checks them. `Ok` with a summary, or `Err` with what went wrong.
+fn run_flow(
+    c: &Cluster,
+    from: &Source<'_>,
+    sender: &Sender<'_>,
+    flow: &Flow,
+    subst: &dyn Fn(&str) -> String,
+    checks: &Checks<'_>,
+) -> Result<String, String> {
     let to: SocketAddr = subst(&flow.to).parse().map_err(|e| format!("`to` is not ip:port: {e}"))?;
     let bind: Option<IpAddr> = match &flow.bind {
         None => None,
@@ -428,29 +584,6 @@ fn run_flow(c: &Cluster, from: &Source<'_>, flow: &Flow, subst: &dyn Fn(&str) ->
     let timeout =
         Duration::from_millis(flow.timeout_ms.unwrap_or(if e.dropped { 400 } else { 1000 })).mul_f64(time_scale());
     let at_once = AT_ONCE.mul_f64(time_scale());
-    let ns = match from {
-        Source::Pod(p) => &p.ns,
-        Source::Node => &c.node,
-        Source::External => &c.external,
-    };
-
-    if flow.protocol == "http" {
-        let path = flow.path.clone().unwrap_or_else(|| "/".into());
-        let got = ns.run(|| daemon::http_get(to, &path, timeout));
-        let Some((status, body)) = got else { return Err(format!("no HTTP answer within {timeout:?}")) };
-        let want = e.status.expect("checked at load");
-        if status != want {
-            return Err(format!("HTTP {status} (want {want}), body {body}"));
-        }
-        if let Some(fields) = &e.json {
-            let v: Value = serde_json::from_str(&body).map_err(|err| format!("body is not JSON ({err}): {body}"))?;
-            if !json_contains(&v, fields) {
-                return Err(format!("body {body} does not hold {fields}"));
-            }
-        }
-        return Ok(format!("HTTP {status} {body}"));
-    }
-
     let names: Vec<String> = e.answered_by.clone().or_else(|| e.all_of.clone()).unwrap_or_default();
     let tries = flow.tries.unwrap_or(if e.all_of.is_some() {
         10 * names.len().max(1)
@@ -461,21 +594,40 @@ fn run_flow(c: &Cluster, from: &Source<'_>, flow: &Flow, subst: &dyn Fn(&str) ->
     } else {
         1
     });
-    let udp = flow.protocol == "udp";
+    let request = Request {
+        protocol: flow.protocol.clone(),
+        bind,
+        to,
+        tries,
+        timeout,
+        path: flow.path.clone().unwrap_or_else(|| "/".into()),
+        look_up_peers: checks.socket_hooks.is_some(),
+    };
     let started = Instant::now();
-    let outcomes: Vec<Outcome> = ns.run(|| {
-        (0..tries)
-            .map(|_| {
-                if udp {
-                    traffic::udp_request_from_here(bind, to, timeout)
-                } else {
-                    traffic::tcp_request_from_here(bind, to, timeout)
+    let tries = match sender.send(&request)? {
+        Reply::Http(got) => {
+            let Some((status, body)) = got else { return Err(format!("no HTTP answer within {timeout:?}")) };
+            let want = e.status.expect("checked at load");
+            if status != want {
+                return Err(format!("HTTP {status} (want {want}), body {body}"));
+            }
+            if let Some(fields) = &e.json {
+                let v: Value =
+                    serde_json::from_str(&body).map_err(|err| format!("body is not JSON ({err}): {body}"))?;
+                if !json_contains(&v, fields) {
+                    return Err(format!("body {body} does not hold {fields}"));
                 }
-            })
-            .collect()
-    });
+            }
+            return Ok(format!("HTTP {status} {body}"));
+        }
+        Reply::Tries(t) => t,
+    };
+    let outcomes: Vec<Outcome> = tries.iter().map(|t| t.outcome.clone()).collect();
     let tally = traffic::tally(&outcomes);
-    let summary = format!("{tally:?} in {:?}", started.elapsed());
+    let mut summary = format!("{tally:?} in {:?}", started.elapsed());
+    if let Some(cluster_ips) = checks.socket_hooks {
+        summary.push_str(&check_socket_hooks(&tries, to, cluster_ips, checks.pod_addresses)?);
+    }
 
     if e.refused {
         for o in &outcomes {
@@ -503,10 +655,17 @@ fn run_flow(c: &Cluster, from: &Source<'_>, flow: &Flow, subst: &dyn Fn(&str) ->
     if let Some(all) = &e.all_of {
         let missing: Vec<&String> = all.iter().filter(|n| !tally.contains_key(*n)).collect();
         if !missing.is_empty() {
-            return Err(format!("{missing:?} never answered in {tries} tries; all: {summary}"));
+            return Err(format!("{missing:?} never answered in {} tries; all: {summary}", outcomes.len()));
         }
     }
     if let Some(want) = &e.source {
+        let seen: BTreeSet<IpAddr> = outcomes.iter().map(|o| o.answer().source.ip()).collect();
+        if let Some(x) = checks.source_excluded {
+            return Ok(format!(
+                "{summary}, sources {seen:?}; `source: {want}` NOT CHECKED on {}: {}",
+                x.dataplane, x.reason
+            ));
+        }
         let allowed: Vec<IpAddr> = match (want.as_str(), from) {
             ("client", Source::Pod(p)) => vec![p.ip.into(), p.ip6.expect("dual stack").into()],
             ("client", Source::External) => {
@@ -521,10 +680,105 @@ fn run_flow(c: &Cluster, from: &Source<'_>, flow: &Flow, subst: &dyn Fn(&str) ->
                 return Err(format!("the backend saw source {seen}, want {want} ({allowed:?}); all: {summary}"));
             }
         }
-        let seen: BTreeSet<IpAddr> = outcomes.iter().map(|o| o.answer().source.ip()).collect();
         return Ok(format!("{summary}, sources {seen:?}"));
     }
     Ok(summary)
+}
+
+/// The socket hooks' part of the job, from the kernel's own socket table: every answered try to a ClusterIP
+/// (or a loopback address: `--localhost-nodeports`) had its socket connected straight to the backend that
+/// answered — rewritten at `connect()`, never NATed — and every answered try to any other address (NodePorts
+/// on node addresses, LB IPs, externalIPs, plain routing: nftables' part) had its socket connected to the
+/// address asked for. A summary, or what went wrong.
+fn check_socket_hooks(
+    tries: &[traffic::Try],
+    to: SocketAddr,
+    cluster_ips: &BTreeSet<IpAddr>,
+    pod_addresses: &BTreeMap<&str, Vec<IpAddr>>,
+) -> Result<String, String> {
+    let hooked = cluster_ips.contains(&to.ip()) || to.ip().is_loopback();
+    let mut rewritten = 0;
+    let mut answered = 0;
+    for t in tries {
+        let Outcome::Answered(a) = &t.outcome else { continue };
+        answered += 1;
+        let Some(peer) = t.kernel_peer else {
+            return Err(format!("the socket answered by {} is not in the kernel's socket table", a.by));
+        };
+        match (hooked, peer == to) {
+            (true, true) => {
+                return Err(format!(
+                    "answered by {}, but the socket was connected to {to} itself: the socket hooks did not serve                      this ClusterIP (nftables did)",
+                    a.by
+                ))
+            }
+            (false, false) => {
+                return Err(format!(
+                    "answered by {}, but the socket was connected to {peer}: the socket hooks rewrote {to}, which                      is no ClusterIP (nftables' part)",
+                    a.by
+                ))
+            }
+            (true, false) => {
+                if let Some(addrs) = pod_addresses.get(a.by.as_str()) {
+                    if !addrs.contains(&peer.ip()) {
+                        return Err(format!("the socket hooks connected to {peer}, but {} answered", a.by));
+                    }
+                }
+                rewritten += 1;
+            }
+            (false, true) => {}
+        }
+    }
+    Ok(if answered == 0 {
+        String::new()
+    } else if hooked {
+        format!(", {rewritten} of {answered} connected to the backend at connect()")
+    } else {
+        format!(", {answered} of {answered} left to nftables")
+    })
+}
+
+/// Every address in `spec.clusterIP` and `spec.clusterIPs` of the Services among `objects` (multi-document
+/// YAML); what does not parse is skipped.
+fn cluster_ips(objects: &str) -> BTreeSet<IpAddr> {
+    let mut out = BTreeSet::new();
+    for doc in serde_yaml::Deserializer::from_str(objects) {
+        let Ok(v) = Value::deserialize(doc) else { continue };
+        if v["kind"] != "Service" {
+            continue;
+        }
+        let spec = &v["spec"];
+        let listed = spec["clusterIPs"].as_array().into_iter().flatten();
+        for ip in listed.chain(std::iter::once(&spec["clusterIP"])).filter_map(|ip| ip.as_str()) {
+            if let Ok(ip) = ip.trim().parse() {
+                out.insert(ip);
+            }
+        }
+    }
+    out
+}
+
+/// Writes one line to the test's stderr past libtest's output capture (`print!` and `eprint!` are captured
+/// for passing tests), so that it shows on every run.
+fn announce(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// The eBPF dataplane's places in one scenario: a cgroup its programs attach to (`--ebpf-cgroup`), where the
+/// pods' and the node's senders run, and a pin directory of its own (`--bpffs-dir`). Dropped after the
+/// daemon: unpins everything (detaching the programs), then removes the cgroup.
+#[derive(Debug)]
+struct SocketHooks {
+    // Drop order: the pins (and with them the programs) first, then the cgroup.
+    pins: PinDir,
+    cgroup: TestCgroup,
+}
+
+impl SocketHooks {
+    fn new(prefix: &str) -> SocketHooks {
+        SocketHooks { pins: PinDir::new(prefix), cgroup: TestCgroup::new(&format!("{prefix}-scenario")) }
+    }
 }
 
 /// Whether every field of `want` is in `v` with the same value (recursively for objects).
@@ -548,6 +802,54 @@ mod tests {
         assert_eq!(substitute("x ${a.ip}:80 y", &vars).unwrap(), "x 10.244.0.10:80 y");
         assert!(substitute("${b.ip}", &vars).unwrap_err().contains("unknown variable ${b.ip}"));
         assert!(substitute("${a.ip", &vars).is_err());
+    }
+
+    fn answered(by: &str, peer: Option<&str>) -> traffic::Try {
+        traffic::Try {
+            outcome: Outcome::Answered(traffic::Answer {
+                by: by.into(),
+                source: "10.244.0.12:40000".parse().unwrap(),
+                rest: String::new(),
+            }),
+            kernel_peer: peer.map(|p| p.parse().unwrap()),
+        }
+    }
+
+    /// The socket-hooks check holds a ClusterIP try to a socket connected straight to the answering backend,
+    /// and any other try to a socket connected where it was asked to; it fails a ClusterIP try that reached the
+    /// ClusterIP itself (nftables' fallback), a rewritten try to another address, a rewritten try that went to
+    /// another backend than the one answering, and an answered try whose socket is not found.
+    #[test]
+    fn socket_hooks_check() {
+        let cluster_ips: BTreeSet<IpAddr> = ["10.96.0.10".parse().unwrap()].into();
+        let a: IpAddr = "10.244.0.10".parse().unwrap();
+        let pods: BTreeMap<&str, Vec<IpAddr>> = [("a", vec![a])].into();
+        let vip: SocketAddr = "10.96.0.10:80".parse().unwrap();
+        let nodeport: SocketAddr = "192.168.50.1:30080".parse().unwrap();
+        let check = |tries: &[traffic::Try], to| check_socket_hooks(tries, to, &cluster_ips, &pods);
+
+        let ok = check(
+            &[answered("a", Some("10.244.0.10:8080")), traffic::Try { outcome: Outcome::Timeout, kernel_peer: None }],
+            vip,
+        );
+        assert_eq!(ok.unwrap(), ", 1 of 1 connected to the backend at connect()");
+        assert!(check(&[answered("a", Some("192.168.50.1:30080"))], nodeport).is_ok());
+        assert!(check(&[answered("a", Some("10.244.0.10:8080"))], "127.0.0.1:30080".parse().unwrap()).is_ok());
+
+        assert!(check(&[answered("a", Some("10.96.0.10:80"))], vip).unwrap_err().contains("did not serve"));
+        assert!(check(&[answered("a", Some("10.244.0.10:8080"))], nodeport).unwrap_err().contains("no ClusterIP"));
+        assert!(check(&[answered("a", Some("10.244.0.11:8080"))], vip).unwrap_err().contains("but a answered"));
+        assert!(check(&[answered("a", None)], vip).unwrap_err().contains("not in the kernel's socket table"));
+    }
+
+    /// ClusterIPs come from Services only, both fields, skipping what does not parse.
+    #[test]
+    fn cluster_ips_of_objects() {
+        let objects = "kind: Service\nspec: {clusterIP: 10.96.0.1, clusterIPs: [10.96.0.1, \"fd00:96::1\"]}\n---\n\
+                       kind: Service\nspec: {clusterIP: 10.96.0.999}\n---\n\
+                       kind: EndpointSlice\nspec: {clusterIP: 10.96.0.2}\n";
+        let want: BTreeSet<IpAddr> = ["10.96.0.1".parse().unwrap(), "fd00:96::1".parse().unwrap()].into();
+        assert_eq!(cluster_ips(objects), want);
     }
 
     /// A JSON subset match ignores fields not asked for and compares nested objects.

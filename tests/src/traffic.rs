@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::netns::Netns;
@@ -27,7 +28,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 const POLL: Duration = Duration::from_millis(2);
 
 /// What a server said: who it is and the source it saw.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Answer {
     /// The server's name (a pod name by default).
     pub by: String,
@@ -48,7 +49,7 @@ impl Answer {
 }
 
 /// What one client attempt came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// A server answered.
     Answered(Answer),
@@ -266,6 +267,23 @@ pub fn tcp_request_here(addr: SocketAddr, timeout: Duration) -> Outcome {
 /// In the calling thread's namespace: connects to `addr` over TCP from source address `bind` (any port; the
 /// kernel's choice when `None`) and reads the server's first line.
 pub fn tcp_request_from_here(bind: Option<IpAddr>, addr: SocketAddr, timeout: Duration) -> Outcome {
+    tcp_try_from_here(bind, addr, timeout, false).outcome
+}
+
+/// One client attempt, and (if asked for) the address the kernel connected the client's socket to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Try {
+    /// What the attempt came to.
+    pub outcome: Outcome,
+    /// The socket's remote address in the kernel's socket table ([`kernel_peer`]) once it was connected, if
+    /// it was looked up and found. A cgroup `connect` hook that rewrote the destination shows here, where
+    /// `getpeername()` may show the address the application asked for.
+    pub kernel_peer: Option<SocketAddr>,
+}
+
+/// [`tcp_request_from_here`], and with `look_up_peer` the address the kernel connected the socket to
+/// ([`kernel_peer`], read once the connection is up).
+pub fn tcp_try_from_here(bind: Option<IpAddr>, addr: SocketAddr, timeout: Duration, look_up_peer: bool) -> Try {
     let started = Instant::now();
     let connected = match bind {
         None => TcpStream::connect_timeout(&addr, timeout),
@@ -277,10 +295,49 @@ pub fn tcp_request_from_here(bind: Option<IpAddr>, addr: SocketAddr, timeout: Du
     };
     let stream = match connected {
         Ok(s) => s,
-        Err(e) => return Outcome::from_io(e, started),
+        Err(e) => return Try { outcome: Outcome::from_io(e, started), kernel_peer: None },
     };
+    let kernel_peer = if look_up_peer { stream.local_addr().ok().and_then(|l| kernel_peer(false, l)) } else { None };
     let remaining = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(10));
-    read_answer(&stream, remaining, started)
+    Try { outcome: read_answer(&stream, remaining, started), kernel_peer }
+}
+
+/// In the calling thread's network namespace: the remote address of the connected TCP (or, with `udp`, UDP)
+/// socket whose local address is `local`, as the kernel's socket table has it (`/proc/thread-self/net/tcp`
+/// and the like: established sockets only). `None` if there is no such socket.
+pub fn kernel_peer(udp: bool, local: SocketAddr) -> Option<SocketAddr> {
+    let table = match (udp, local.is_ipv4()) {
+        (false, true) => "tcp",
+        (false, false) => "tcp6",
+        (true, true) => "udp",
+        (true, false) => "udp6",
+    };
+    // thread-self: this thread may have entered another network namespace than the process.
+    let text = std::fs::read_to_string(format!("/proc/thread-self/net/{table}")).ok()?;
+    text.lines().skip(1).find_map(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        let (l, r, state) = (fields.next()?, fields.next()?, fields.next()?);
+        // 01: TCP_ESTABLISHED, also what a connected UDP socket shows.
+        (state == "01" && proc_net_addr(l)? == local).then(|| proc_net_addr(r)).flatten()
+    })
+}
+
+/// Parses an address of `/proc/net/{tcp,udp}[6]`: `0100007F:1F90` (the address words as the kernel holds them,
+/// in native byte order, then the port).
+fn proc_net_addr(s: &str) -> Option<SocketAddr> {
+    let (addr, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let mut bytes = Vec::with_capacity(16);
+    for i in (0..addr.len()).step_by(8) {
+        let word = u32::from_str_radix(addr.get(i..i + 8)?, 16).ok()?;
+        bytes.extend_from_slice(&word.to_ne_bytes());
+    }
+    let ip = match bytes.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 fn read_answer(stream: &TcpStream, timeout: Duration, started: Instant) -> Outcome {
@@ -316,9 +373,18 @@ pub fn udp_request_here(addr: SocketAddr, timeout: Duration) -> Outcome {
 /// In the calling thread's namespace: sends one datagram to `addr` from a fresh socket bound to source
 /// address `bind` (the kernel's choice when `None`) and waits for an answer.
 pub fn udp_request_from_here(bind: Option<IpAddr>, addr: SocketAddr, timeout: Duration) -> Outcome {
+    udp_try_from_here(bind, addr, timeout, false).outcome
+}
+
+/// [`udp_request_from_here`], and with `look_up_peer` the address the kernel connected the socket to
+/// ([`kernel_peer`]).
+pub fn udp_try_from_here(bind: Option<IpAddr>, addr: SocketAddr, timeout: Duration, look_up_peer: bool) -> Try {
     match UdpClient::connect_from_here(bind, addr) {
-        Ok(c) => c.request(timeout),
-        Err(e) => Outcome::Error(e.to_string()),
+        Ok(c) => {
+            let kernel_peer = if look_up_peer { kernel_peer(true, c.local_addr()) } else { None };
+            Try { outcome: c.request(timeout), kernel_peer }
+        }
+        Err(e) => Try { outcome: Outcome::Error(e.to_string()), kernel_peer: None },
     }
 }
 
@@ -588,6 +654,19 @@ fn parse_ipv4_sctp(p: &[u8]) -> Option<SctpSeen> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Addresses of /proc/net/tcp and tcp6 parse as the kernel prints them (on a little-endian machine).
+    #[test]
+    fn proc_net_addresses() {
+        if cfg!(target_endian = "little") {
+            assert_eq!(proc_net_addr("0100007F:1F90"), Some("127.0.0.1:8080".parse().unwrap()));
+            assert_eq!(
+                proc_net_addr("440200FD00000000000000000A000000:0050"),
+                Some("[fd00:244::a]:80".parse().unwrap())
+            );
+        }
+        assert_eq!(proc_net_addr("0100007F"), None);
+    }
 
     /// CRC32c matches the standard check value, and a built INIT passes its own checksum test.
     #[test]

@@ -1,11 +1,15 @@
 //! Checks of the test kit itself, without the daemon: the topology routes as a simple CNI would, servers and
-//! clients report what happened, and namespaces are gone after drop. Needs root.
+//! clients report what happened, sender processes sit where they are put, and namespaces and cgroups are gone
+//! after drop. Needs root.
 
 use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use switchyard_tests::cgroup::TestCgroup;
 use switchyard_tests::daemon::{documents, Endpoint, EndpointSlice, Service};
-use switchyard_tests::netns::{netns_exists, Cluster, Netns, EXTERNAL_IP};
+use switchyard_tests::netns::{netns_exists, unique_prefix, Cluster, Netns, EXTERNAL_IP};
+use switchyard_tests::sender::{Reply, Request, Sender};
 use switchyard_tests::traffic::{self, tcp_request, udp_request, HeldConnection, Outcome, UdpClient};
 
 const T: Duration = Duration::from_secs(1);
@@ -108,6 +112,79 @@ fn namespaces_are_gone_after_drop() {
     }
     let status = child.wait().expect("wait");
     assert!(!status.success(), "sleep should have been killed");
+}
+
+/// A sender process sends from its own namespace (the backend sees the pod's address, the kernel's socket
+/// table shows its sockets connected where it asked, TCP and UDP), and it sits in its cgroup while it runs.
+#[test]
+fn sender_process_in_a_cgroup() {
+    let c = Cluster::new(2);
+    let _tcp = traffic::tcp_server(&c.pod(1).ns, "pod1", 8080);
+    let _udp = traffic::udp_server(&c.pod(1).ns, "pod1", 5353);
+    let cgroup = TestCgroup::new(&format!("{}-kit", c.prefix));
+    let sender = Sender::in_cgroup(&c.pod(0).ns, cgroup.path());
+    for (protocol, port) in [("tcp", 8080), ("udp", 5353)] {
+        let to = addr(c.pod(1).ip, port);
+        let req = Request {
+            protocol: protocol.into(),
+            bind: None,
+            to,
+            tries: 3,
+            timeout: T,
+            path: "/".into(),
+            look_up_peers: true,
+        };
+        let Reply::Tries(tries) = sender.send(&req).expect("the sender reports") else { panic!("not tries") };
+        assert_eq!(tries.len(), 3);
+        for t in &tries {
+            assert_eq!(t.outcome.by(), "pod1", "{protocol}: {t:?}");
+            assert_eq!(t.outcome.answer().source.ip(), c.pod(0).ip, "{protocol}: {t:?}");
+            assert_eq!(t.kernel_peer, Some(to), "{protocol}: {t:?}");
+        }
+    }
+
+    // An address nobody answers keeps the sender busy for a second: meanwhile it is in the cgroup and the
+    // pod's namespace.
+    let slow = Request {
+        protocol: "tcp".into(),
+        bind: None,
+        to: addr([10, 99, 0, 1], 80),
+        tries: 1,
+        timeout: Duration::from_secs(1),
+        path: "/".into(),
+        look_up_peers: false,
+    };
+    std::thread::scope(|s| {
+        let running = s.spawn(|| sender.send(&slow));
+        // It joins the cgroup first, then the namespace.
+        let deadline = Instant::now() + Duration::from_millis(900);
+        while !cgroup.pids().first().is_some_and(|pid| c.pod(0).ns.pids().contains(pid)) {
+            assert!(Instant::now() < deadline, "the sender never showed up in {:?} and the pod", cgroup.path());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let Reply::Tries(tries) = running.join().expect("join").expect("the sender reports") else { panic!() };
+        assert_eq!(tries[0].outcome, Outcome::Timeout);
+    });
+    assert!(cgroup.pids().is_empty(), "the sender has exited");
+}
+
+/// Dropping a test cgroup kills the processes still in it and removes it, also when the test panics.
+#[test]
+fn cgroups_are_gone_after_drop() {
+    let name = format!("{}-kit", unique_prefix());
+    let mut sleeper = Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+    let mut path = None;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let cgroup = TestCgroup::new(&name);
+        path = Some(cgroup.path().to_path_buf());
+        std::fs::write(cgroup.procs(), sleeper.id().to_string()).expect("move sleep into the cgroup");
+        assert_eq!(cgroup.pids(), vec![sleeper.id() as i32]);
+        panic!("a test failing while it holds a cgroup");
+    }));
+    assert!(result.is_err());
+    let path = path.expect("the cgroup was made");
+    assert!(!path.exists(), "{path:?} should be gone");
+    assert!(!sleeper.wait().expect("wait").success(), "sleep should have been killed");
 }
 
 /// Namespace names are unique within the process, and each namespace is isolated (no shared addresses).
