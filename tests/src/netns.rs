@@ -96,6 +96,11 @@ impl Netns {
         &self.name
     }
 
+    /// Its file, `/run/netns/<name>` (what `setns` and `nsenter --net` take).
+    pub fn path(&self) -> std::path::PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
     /// Runs `ip -n <ns> <args>` and panics unless it succeeds. Returns stdout.
     pub fn ip(&self, args: &[&str]) -> String {
         check(Command::new("ip").arg("-n").arg(&self.name).args(args))
@@ -115,7 +120,7 @@ impl Netns {
     /// `/sys/class/net` then shows the test's namespace, not this one.
     pub fn command_keeping_mounts(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.name)).arg("--").arg(program);
+        cmd.arg(format!("--net={}", self.path().display())).arg("--").arg(program);
         cmd
     }
 
@@ -216,7 +221,7 @@ impl Netns {
     }
 
     fn open(&self) -> File {
-        let path = Path::new("/run/netns").join(&self.name);
+        let path = self.path();
         File::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
     }
 }

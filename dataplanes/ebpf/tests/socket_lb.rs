@@ -287,8 +287,8 @@ fn connected_udp_socket_of_removed_backend_is_destroyed() {
 fn updates_never_show_a_half_written_service() {
     let env = Env::new(5);
     let _servers = env.serve(&[1, 2, 3, 4]);
-    let elsewhere = Netns::new(&format!("{}x", env.prefix));
-    let mut dp = env.dataplane_nft_in(&elsewhere.name);
+    let elsewhere = switchyard_tests::netns::Netns::new(&format!("{}x", env.prefix));
+    let mut dp = env.dataplane_nft_in(elsewhere.name());
     let a = plan("flip", Protocol::Tcp, vip(), 80, vec![pod_backend(&env, 1), pod_backend(&env, 2)], Scheduler::Rr);
     let b = plan("flip", Protocol::Tcp, vip(), 80, vec![pod_backend(&env, 3), pod_backend(&env, 4)], Scheduler::Rr);
     sync(&mut dp, std::slice::from_ref(&a));
@@ -501,7 +501,7 @@ fn packet_counters_can_be_turned_off() {
     assert!(env.pin_dir.join("sy_v1_link_skb_egress").exists());
     let mut settings = env.settings();
     settings.count_packets = false;
-    let nft = switchyard_nftables::kernel::NftCommand { binary: "nft".into(), netns: Some(env.node.name.clone()) };
+    let nft = switchyard_nftables::kernel::NftCommand { binary: "nft".into(), netns: Some(env.node.name().to_string()) };
     let mut quiet = switchyard_ebpf::EbpfDataplane::new(settings, Box::new(nft));
     quiet.restore().unwrap();
     sync(&mut quiet, std::slice::from_ref(&p));

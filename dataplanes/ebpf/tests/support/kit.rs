@@ -30,6 +30,8 @@ use switchyard_model::{
     ServicePortName, WhenEmpty,
 };
 use switchyard_nftables::kernel::NftCommand;
+pub use switchyard_tests::cgroup::TestCgroup;
+pub use switchyard_tests::netns::Netns;
 
 /// The env var that turns this test binary into a daemon process: `<pin dir>|<cgroup>|<nft netns>|<backend ip>`.
 pub const DAEMON_ENV: &str = "SWITCHYARD_EBPF_TEST_DAEMON";
@@ -39,89 +41,13 @@ pub const CLIENT_ENV: &str = "SWITCHYARD_EBPF_TEST_CLIENT";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Panics unless running as root with what the tests need.
-pub fn require_root() {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let euid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2));
-    if euid != Some("0") {
-        panic!("the eBPF dataplane tests need root (bpf(), cgroups, network namespaces): run them as root");
-    }
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    if !out.status.success() {
-        panic!("{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A named network namespace, deleted (with its processes killed) on drop.
-#[derive(Debug)]
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(name: &str) -> Netns {
-        run(Command::new("ip").args(["netns", "add", name]));
-        let ns = Netns { name: name.to_string() };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
-        ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
-        ns
-    }
-
-    pub fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.name)
-    }
-
-    pub fn ip(&self, args: &[&str]) -> String {
-        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
-    }
-
-    pub fn sysctl(&self, key: &str, value: &str) {
-        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
-        self.run(|| std::fs::write(&path, value).unwrap_or_else(|e| panic!("sysctl {key}={value}: {e}")));
-    }
-
-    /// Runs `f` on a thread that has entered this namespace.
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let file = File::open(self.path()).expect("open netns");
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-                f()
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
-    }
-
-    /// Starts `f` on a thread that has entered this namespace.
-    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
-        let file = File::open(self.path()).expect("open netns");
-        std::thread::spawn(move || {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-    }
-
-    pub fn exec(&self, argv: &[&str]) -> std::process::Output {
-        Command::new("ip").args(["netns", "exec", &self.name]).args(argv).stdin(Stdio::null()).output().expect("ip netns exec")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let out = Command::new("ip").args(["netns", "pids", &self.name]).output();
-        if let Ok(out) = out {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
-    }
+/// A network namespace as the eBPF tests want it: `lo` up, IPv6 duplicate address detection off (every
+/// address usable at once).
+fn netns(name: &str) -> Netns {
+    let ns = Netns::new(name);
+    ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
+    ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
+    ns
 }
 
 /// A pod: its namespace and addresses.
@@ -131,41 +57,6 @@ pub struct Pod {
     pub ns: Netns,
     pub ip: Ipv4Addr,
     pub ip6: Ipv6Addr,
-}
-
-/// A cgroup2 directory for the test's clients, removed on drop (its processes are killed first).
-#[derive(Debug)]
-pub struct TestCgroup {
-    pub path: PathBuf,
-}
-
-impl TestCgroup {
-    fn new(name: &str) -> TestCgroup {
-        let root = kernel::cgroup2_root().unwrap_or_else(|| panic!("no cgroup2 mount found in /proc/self/mountinfo"));
-        let path = root.join(name);
-        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
-        TestCgroup { path }
-    }
-
-    pub fn procs(&self) -> PathBuf {
-        self.path.join("cgroup.procs")
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let procs = std::fs::read_to_string(self.procs()).unwrap_or_default();
-            for pid in procs.split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-            if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() || Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 /// Everything one test needs: namespaces, a cgroup, a pin directory and the dataplane.
@@ -181,9 +72,9 @@ pub struct Env {
 impl Env {
     /// `pods` pods wired to a node; a test cgroup; a pin directory of the test's own.
     pub fn new(pods: usize) -> Env {
-        require_root();
+        switchyard_tests::netns::require_root();
         let prefix = format!("sye{}c{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-        let node = Netns::new(&format!("{prefix}node"));
+        let node = netns(&format!("{prefix}node"));
         node.sysctl("net.ipv4.ip_forward", "1");
         node.sysctl("net.ipv6.conf.all.forwarding", "1");
         // An uplink, as every node has: Service addresses route somewhere before nftables decides.
@@ -207,11 +98,11 @@ impl Env {
 
     fn add_pod(&mut self) {
         let i = self.pods.len();
-        let ns = Netns::new(&format!("{}p{i}", self.prefix));
+        let ns = netns(&format!("{}p{i}", self.prefix));
         let ip = Ipv4Addr::new(10, 244, 0, 10 + i as u8);
         let ip6: Ipv6Addr = format!("fd00:244::{}", 10 + i).parse().unwrap();
         let vif = format!("vp{i}");
-        self.node.ip(&["link", "add", &vif, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
+        self.node.ip(&["link", "add", &vif, "type", "veth", "peer", "name", "eth0", "netns", ns.name()]);
         self.node.ip(&["addr", "add", "10.244.0.1/32", "dev", &vif]);
         self.node.ip(&["-6", "addr", "add", "fd00:244::1/128", "dev", &vif, "nodad"]);
         self.node.ip(&["link", "set", &vif, "up"]);
@@ -231,12 +122,12 @@ impl Env {
     pub fn settings(&self) -> EbpfSettings {
         let mut s = EbpfSettings::new(switchyard_nftables::translate::Settings::default());
         s.pin_dir = self.pin_dir.clone();
-        s.cgroup = self.cgroup.path.clone();
+        s.cgroup = self.cgroup.path().to_path_buf();
         s
     }
 
     pub fn dataplane(&self) -> EbpfDataplane {
-        self.dataplane_nft_in(&self.node.name)
+        self.dataplane_nft_in(self.node.name())
     }
 
     /// A dataplane whose nftables table lives in another namespace (`netns`): then nothing but the socket
@@ -659,7 +550,7 @@ impl Env {
     /// Runs the daemon process once (a separate process that exits) and returns its report line.
     pub fn run_daemon(&self, backend_ip: IpAddr) -> String {
         let exe = std::env::current_exe().expect("current exe");
-        let spec = format!("{}|{}|{}|{backend_ip}", self.pin_dir.display(), self.cgroup.path.display(), self.node.name);
+        let spec = format!("{}|{}|{}|{backend_ip}", self.pin_dir.display(), self.cgroup.path().display(), self.node.name());
         let out = Command::new(exe)
             .args(["--exact", "daemon_process", "--nocapture", "--test-threads=1"])
             .env(DAEMON_ENV, spec)
