@@ -14,7 +14,13 @@ fn main() {
     let programs = canonical(&root.join("ebpf/programs"));
     let common = canonical(&root.join("ebpf/common"));
     // aya-build watches the directory it is given; watch only the sources, not a stray `target/` there.
-    for p in [programs.join("src"), programs.join("Cargo.toml"), programs.join("Cargo.lock"), common.join("src"), common.join("Cargo.toml")] {
+    for p in [
+        programs.join("src"),
+        programs.join("Cargo.toml"),
+        programs.join("Cargo.lock"),
+        common.join("src"),
+        common.join("Cargo.toml"),
+    ] {
         println!("cargo:rerun-if-changed={}", p.display());
     }
     if !on_path("bpf-linker") {
@@ -27,7 +33,8 @@ fn main() {
     // the workspace (it is built for the BPF target only), so run it from there: it is its own workspace.
     std::env::set_current_dir(&programs).unwrap_or_else(|e| panic!("cd {}: {e}", programs.display()));
     let src = programs.join("src");
-    let package = aya_build::Package { name: PROGRAMS, root_dir: src.to_str().expect("a UTF-8 path"), ..Default::default() };
+    let package =
+        aya_build::Package { name: PROGRAMS, root_dir: src.to_str().expect("a UTF-8 path"), ..Default::default() };
     if let Err(e) = aya_build::build_ebpf([package], aya_build::Toolchain::Custom(EBPF_TOOLCHAIN)) {
         panic!(
             "building the eBPF programs failed: {e:#}\n\

@@ -89,10 +89,13 @@ fn clusterip_ipv6() {
     let mut dp = env.dataplane();
     let vip6: IpAddr = "fd00:96::10".parse().unwrap();
     let be = backend(IpAddr::V6(env.pods[1].ip6), 8080, 1);
-    sync(&mut dp, &[
-        plan("web6", Protocol::Tcp, vip6, 80, vec![be.clone()], Scheduler::Random),
-        plan("dns6", Protocol::Udp, vip6, 53, vec![be], Scheduler::Random),
-    ]);
+    sync(
+        &mut dp,
+        &[
+            plan("web6", Protocol::Tcp, vip6, 80, vec![be.clone()], Scheduler::Random),
+            plan("dns6", Protocol::Udp, vip6, 53, vec![be], Scheduler::Random),
+        ],
+    );
     let mut c = env.client(0);
     let (name, peer) = c.tcp("[fd00:96::10]:80");
     assert_eq!((name.as_str(), peer.as_str()), ("pod1", "[fd00:96::10]:80"));
@@ -115,10 +118,13 @@ fn scheduler_rr_and_wrr() {
     let _servers = env.serve(&[1, 2, 3]);
     let mut dp = env.dataplane();
     let b = |i: usize, w: u32| backend(IpAddr::V4(env.pods[i].ip), 8080, w);
-    sync(&mut dp, &[
-        plan("rr", Protocol::Tcp, vip(), 80, vec![b(1, 1), b(2, 1), b(3, 1)], Scheduler::Rr),
-        plan("wrr", Protocol::Tcp, vip(), 81, vec![b(1, 1), b(2, 2), b(3, 3)], Scheduler::Wrr),
-    ]);
+    sync(
+        &mut dp,
+        &[
+            plan("rr", Protocol::Tcp, vip(), 80, vec![b(1, 1), b(2, 1), b(3, 1)], Scheduler::Rr),
+            plan("wrr", Protocol::Tcp, vip(), 81, vec![b(1, 1), b(2, 2), b(3, 3)], Scheduler::Wrr),
+        ],
+    );
     let mut c = env.client(0);
     let rr = names(&mut c, &vip_port(80), 9);
     for w in rr.chunks(3) {
@@ -139,18 +145,22 @@ fn scheduler_random_dh_sh() {
     let _servers = env.serve(&[2, 3, 4]);
     let mut dp = env.dataplane();
     let bs = vec![pod_backend(&env, 2), pod_backend(&env, 3), pod_backend(&env, 4)];
-    sync(&mut dp, &[
-        plan("random", Protocol::Tcp, vip(), 80, bs.clone(), Scheduler::Random),
-        plan("dh", Protocol::Tcp, vip(), 81, bs.clone(), Scheduler::Dh),
-        plan("sh", Protocol::Tcp, vip(), 82, bs, Scheduler::Sh),
-    ]);
+    sync(
+        &mut dp,
+        &[
+            plan("random", Protocol::Tcp, vip(), 80, bs.clone(), Scheduler::Random),
+            plan("dh", Protocol::Tcp, vip(), 81, bs.clone(), Scheduler::Dh),
+            plan("sh", Protocol::Tcp, vip(), 82, bs, Scheduler::Sh),
+        ],
+    );
     let mut c0 = env.client(0);
     let mut c1 = env.client(1);
     let random = names(&mut c0, &vip_port(80), 60);
     for p in ["pod2", "pod3", "pod4"] {
         assert!(count(&random, p) > 0, "random reaches {p}: {random:?}");
     }
-    let dh: Vec<String> = names(&mut c0, &vip_port(81), 5).into_iter().chain(names(&mut c1, &vip_port(81), 5)).collect();
+    let dh: Vec<String> =
+        names(&mut c0, &vip_port(81), 5).into_iter().chain(names(&mut c1, &vip_port(81), 5)).collect();
     assert!(dh.iter().all(|n| *n == dh[0]), "dh: one backend for the address: {dh:?}");
     for c in [&mut c0, &mut c1] {
         let sh = names(c, &vip_port(82), 8);
@@ -175,12 +185,15 @@ fn scheduler_least_connections() {
     let _servers = env.serve(&[1, 2, 3]);
     let mut dp = env.dataplane();
     let b = |i: usize, w: u32| backend(IpAddr::V4(env.pods[i].ip), 8080, w);
-    sync(&mut dp, &[
-        plan("lc", Protocol::Tcp, vip(), 80, vec![b(1, 1), b(2, 1), b(3, 1)], Scheduler::Lc),
-        plan("nq", Protocol::Tcp, vip(), 81, vec![b(1, 1), b(2, 1), b(3, 1)], Scheduler::Nq),
-        plan("wlc", Protocol::Tcp, vip(), 82, vec![b(1, 1), b(2, 3)], Scheduler::Wlc),
-        plan("sed", Protocol::Tcp, vip(), 83, vec![b(1, 1), b(2, 3)], Scheduler::Sed),
-    ]);
+    sync(
+        &mut dp,
+        &[
+            plan("lc", Protocol::Tcp, vip(), 80, vec![b(1, 1), b(2, 1), b(3, 1)], Scheduler::Lc),
+            plan("nq", Protocol::Tcp, vip(), 81, vec![b(1, 1), b(2, 1), b(3, 1)], Scheduler::Nq),
+            plan("wlc", Protocol::Tcp, vip(), 82, vec![b(1, 1), b(2, 3)], Scheduler::Wlc),
+            plan("sed", Protocol::Tcp, vip(), 83, vec![b(1, 1), b(2, 3)], Scheduler::Sed),
+        ],
+    );
     let mut c = env.client(0);
     let hold = |c: &mut Client, port: u16| -> (String, String) {
         let a = c.cmd(&format!("hold {}", vip_port(port)));
@@ -198,7 +211,15 @@ fn scheduler_least_connections() {
     let (id2, _) = held.iter().find(|h| h.1 == "pod2").unwrap();
     assert_eq!(c.cmd(&format!("close {id2}")), "ok");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    let key = (switchyard_model::ServicePortName { namespace: "default".into(), name: "lc".into(), port: "p".into(), protocol: Protocol::Tcp }, switchyard_model::Family::V4);
+    let key = (
+        switchyard_model::ServicePortName {
+            namespace: "default".into(),
+            name: "lc".into(),
+            port: "p".into(),
+            protocol: Protocol::Tcp,
+        },
+        switchyard_model::Family::V4,
+    );
     loop {
         let counts = dp.connection_counts(&key).unwrap();
         if counts.values().sum::<u64>() == 2 {
@@ -231,7 +252,14 @@ fn affinity_holds_and_expires() {
     let env = Env::new(5);
     let _servers = env.serve(&[2, 3, 4]);
     let mut dp = env.dataplane();
-    let mut p = plan("sticky", Protocol::Tcp, vip(), 80, vec![pod_backend(&env, 2), pod_backend(&env, 3), pod_backend(&env, 4)], Scheduler::Rr);
+    let mut p = plan(
+        "sticky",
+        Protocol::Tcp,
+        vip(),
+        80,
+        vec![pod_backend(&env, 2), pod_backend(&env, 3), pod_backend(&env, 4)],
+        Scheduler::Rr,
+    );
     p.affinity_timeout = Some(2);
     sync(&mut dp, &[p]);
     let mut c0 = env.client(0);
@@ -274,10 +302,16 @@ fn connected_udp_socket_of_removed_backend_is_destroyed() {
     sync(&mut dp, &[only]);
     let answer = c.cmd(&format!("udpsend {id}"));
     let elapsed = started.elapsed();
-    assert!(answer.starts_with("err ECONNABORTED") || answer.starts_with("err EDESTADDRREQ"), "the socket pinned to {first} must be destroyed: {answer}");
+    assert!(
+        answer.starts_with("err ECONNABORTED") || answer.starts_with("err EDESTADDRREQ"),
+        "the socket pinned to {first} must be destroyed: {answer}"
+    );
     assert!(elapsed < std::time::Duration::from_secs(1), "destroyed within a second: {elapsed:?}");
     let again = c.cmd(&format!("udpc {}", vip_port(53)));
-    assert!(again.starts_with("ok ") && again.split_whitespace().nth(2) == Some(&format!("pod{keep}")), "connecting again reaches the live backend: {again}");
+    assert!(
+        again.starts_with("ok ") && again.split_whitespace().nth(2) == Some(&format!("pod{keep}")),
+        "connecting again reaches the live backend: {again}"
+    );
 }
 
 /// Every connect() during a burst of rewrites of a Service's backends reaches a backend of the old or the
@@ -303,7 +337,9 @@ fn updates_never_show_a_half_written_service() {
                 let p = if n % 2 == 0 { &b } else { &a };
                 let key = (p.name.clone(), p.family);
                 let desired = desired(std::slice::from_ref(p));
-                let report = dp.sync(&switchyard_model::NodePlan::default(), &desired, Some(&[key].into_iter().collect())).unwrap();
+                let report = dp
+                    .sync(&switchyard_model::NodePlan::default(), &desired, Some(&[key].into_iter().collect()))
+                    .unwrap();
                 assert!(report.failed.is_empty() && report.written == 1, "{report:?}");
                 n += 1;
                 flips.store(n, std::sync::atomic::Ordering::Relaxed);
@@ -340,11 +376,16 @@ fn nodeport_localhost_by_hooks_external_by_nftables() {
     let _servers = env.serve(&[1]);
     let mut dp = env.dataplane();
     let mut p = plan("np", Protocol::Tcp, vip(), 80, vec![pod_backend(&env, 1)], Scheduler::Random);
-    p.frontends.push(switchyard_model::Frontend { kind: switchyard_model::FrontendKind::NodePort, ip: "0.0.0.0".parse().unwrap(), port: 30080 });
+    p.frontends.push(switchyard_model::Frontend {
+        kind: switchyard_model::FrontendKind::NodePort,
+        ip: "0.0.0.0".parse().unwrap(),
+        port: 30080,
+    });
     let mut empty = plan("empty", Protocol::Tcp, vip(), 81, vec![], Scheduler::Random);
     empty.external.backends.clear();
     let mut node = switchyard_model::NodePlan::default();
-    node.nodeport_ips.insert(switchyard_model::Family::V4, Some(vec!["10.244.0.1".parse().unwrap(), "127.0.0.1".parse().unwrap()]));
+    node.nodeport_ips
+        .insert(switchyard_model::Family::V4, Some(vec!["10.244.0.1".parse().unwrap(), "127.0.0.1".parse().unwrap()]));
     sync_node(&mut dp, &node, &[p, empty]);
 
     let mut c = env.client(0);
@@ -411,7 +452,11 @@ fn daemon_restart_keeps_connections_and_maps() {
     let mut c = env.client(0);
     let a = c.cmd(&format!("hold {}", vip_port(80)));
     assert!(a.starts_with("ok 0 pod1 10.96.0.10:80"), "balanced with no daemon running: {a}");
-    assert_eq!(env.run_daemon(backend_ip), "written=0 unchanged=1 removed=0 failed=0", "the restarted daemon changes nothing");
+    assert_eq!(
+        env.run_daemon(backend_ip),
+        "written=0 unchanged=1 removed=0 failed=0",
+        "the restarted daemon changes nothing"
+    );
     assert_eq!(c.cmd("talk 0"), "ok pod1", "the connection opened before the restart still works");
     assert_eq!(c.tcp(&vip_port(80)).0, "pod1");
 
@@ -419,9 +464,16 @@ fn daemon_restart_keeps_connections_and_maps() {
     dp.restore().unwrap();
     let key = (restart_plan(backend_ip).name, switchyard_model::Family::V4);
     let counts = dp.connection_counts(&key).unwrap();
-    assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![1], "the held connection is still counted: {counts:?}");
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        vec![1],
+        "the held connection is still counted: {counts:?}"
+    );
     let dump = dp.dump().unwrap();
-    assert!(dump.services.iter().any(|s| s.name == "restart" && s.backends.iter().any(|b| b.connections >= 2)), "{dump:?}");
+    assert!(
+        dump.services.iter().any(|s| s.name == "restart" && s.backends.iter().any(|b| b.connections >= 2)),
+        "{dump:?}"
+    );
 
     dp.cleanup().unwrap();
     assert!(!env.pin_dir.exists(), "cleanup removes the pins");
@@ -453,7 +505,9 @@ fn syncs_are_incremental_and_leave_nothing_behind() {
     assert_eq!((r.written, r.unchanged), (0, 1), "unchanged plans are not rewritten");
 
     let maps = Maps::open(&env.pin_dir).unwrap();
-    let slot_sets = |m: &Maps| entries(&m.slots).unwrap().into_iter().map(|(k, _)| k.slot_set).collect::<std::collections::BTreeSet<_>>();
+    let slot_sets = |m: &Maps| {
+        entries(&m.slots).unwrap().into_iter().map(|(k, _)| k.slot_set).collect::<std::collections::BTreeSet<_>>()
+    };
     let before = slot_sets(&maps);
     assert_eq!(entries(&maps.slots).unwrap().len(), 2);
 
@@ -468,7 +522,13 @@ fn syncs_are_incremental_and_leave_nothing_behind() {
 
     // A stray entry, as an interrupted run could leave: pruned by the next full sync after a restore.
     let mut maps = maps;
-    switchyard_ebpf::kernel::put(&mut maps.slots, "slots", &switchyard_ebpf_common::SlotKey { slot_set: 9999, index: 0 }, &42).unwrap();
+    switchyard_ebpf::kernel::put(
+        &mut maps.slots,
+        "slots",
+        &switchyard_ebpf_common::SlotKey { slot_set: 9999, index: 0 },
+        &42,
+    )
+    .unwrap();
     let mut restarted = env.dataplane();
     restarted.restore().unwrap();
     let r = sync(&mut restarted, std::slice::from_ref(&one));
@@ -501,11 +561,14 @@ fn packet_counters_can_be_turned_off() {
     assert!(env.pin_dir.join("sy_v1_link_skb_egress").exists());
     let mut settings = env.settings();
     settings.count_packets = false;
-    let nft = switchyard_nftables::kernel::NftCommand { binary: "nft".into(), netns: Some(env.node.name().to_string()) };
+    let nft =
+        switchyard_nftables::kernel::NftCommand { binary: "nft".into(), netns: Some(env.node.name().to_string()) };
     let mut quiet = switchyard_ebpf::EbpfDataplane::new(settings, Box::new(nft));
     quiet.restore().unwrap();
     sync(&mut quiet, std::slice::from_ref(&p));
-    assert!(!env.pin_dir.join("sy_v1_link_skb_egress").exists() && !env.pin_dir.join("sy_v1_link_skb_ingress").exists());
+    assert!(
+        !env.pin_dir.join("sy_v1_link_skb_egress").exists() && !env.pin_dir.join("sy_v1_link_skb_ingress").exists()
+    );
     // Let the kernel release the unpinned links.
     std::thread::sleep(std::time::Duration::from_millis(500));
     let mut c = env.client(0);

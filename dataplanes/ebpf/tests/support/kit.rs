@@ -201,7 +201,11 @@ fn tcp_loop(l: TcpListener, name: String, stop: Arc<AtomicBool>) {
                                     return;
                                 }
                             }
-                            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) => {}
                             Err(_) => return,
                         }
                     }
@@ -367,7 +371,8 @@ pub fn client_main(spec: &str) -> ! {
             }
             ["udpc", addr] => {
                 let a = parse_addr(addr);
-                let bind: SocketAddr = if a.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+                let bind: SocketAddr =
+                    if a.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
                 let s = UdpSocket::bind(bind).unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
                 match s.connect(a).and_then(|_| udp_ask(&s)) {
@@ -487,7 +492,14 @@ pub fn backend(ip: IpAddr, port: u16, weight: u32) -> Backend {
 }
 
 /// A ClusterIP plan `default/NAME` port `p` for `vip:port` over `backends`.
-pub fn plan(name: &str, protocol: Protocol, vip: IpAddr, port: u16, backends: Vec<Backend>, scheduler: Scheduler) -> ServicePlan {
+pub fn plan(
+    name: &str,
+    protocol: Protocol,
+    vip: IpAddr,
+    port: u16,
+    backends: Vec<Backend>,
+    scheduler: Scheduler,
+) -> ServicePlan {
     let family = Family::of(&vip);
     ServicePlan {
         name: ServicePortName { namespace: "default".into(), name: name.into(), port: "p".into(), protocol },
@@ -515,7 +527,11 @@ pub fn sync(dp: &mut EbpfDataplane, plans: &[ServicePlan]) -> switchyard_model::
 }
 
 /// A full sync with a node plan.
-pub fn sync_node(dp: &mut EbpfDataplane, node: &NodePlan, plans: &[ServicePlan]) -> switchyard_model::dataplane::SyncReport {
+pub fn sync_node(
+    dp: &mut EbpfDataplane,
+    node: &NodePlan,
+    plans: &[ServicePlan],
+) -> switchyard_model::dataplane::SyncReport {
     let report = dp.sync(node, &desired(plans), None).unwrap_or_else(|e| panic!("sync: {e}"));
     assert!(report.failed.is_empty(), "sync failed for {:?}", report.failed);
     report
@@ -550,7 +566,8 @@ impl Env {
     /// Runs the daemon process once (a separate process that exits) and returns its report line.
     pub fn run_daemon(&self, backend_ip: IpAddr) -> String {
         let exe = std::env::current_exe().expect("current exe");
-        let spec = format!("{}|{}|{}|{backend_ip}", self.pin_dir.display(), self.cgroup.path().display(), self.node.name());
+        let spec =
+            format!("{}|{}|{}|{backend_ip}", self.pin_dir.display(), self.cgroup.path().display(), self.node.name());
         let out = Command::new(exe)
             .args(["--exact", "daemon_process", "--nocapture", "--test-threads=1"])
             .env(DAEMON_ENV, spec)
