@@ -396,11 +396,9 @@ fn run_nftables(ctx: &Ctx, n: usize) -> anyhow::Result<Outcome> {
         changes.push(Change { total: s.at.duration_since(t).unwrap_or_default(), dataplane_ms: s.elapsed_ms });
     }
     if !changes.is_empty() {
-        // `list map` reads one map (no table-wide cache), so it is cheap at any size.
-        let map = format!("lb-cluster-{}/svc-0/tcp/{}", manifests::NAMESPACE, manifests::PORT_NAME);
-        let listed = netns::check(topo.node.command("nft").args(["list", "map", "ip", "switchyard", &map]))?;
-        if !listed.contains(&format!("__{last}/{}", manifests::TARGET_PORT)) {
-            bail!("after the changes, the kernel's {map} does not send to {last}:\n{listed}");
+        let sent_to = service0_backends(&topo.node)?;
+        if !sent_to.iter().any(|b| b.starts_with(&format!("{last} . "))) {
+            bail!("after the changes, the kernel's rules for Service 0 do not send to {last}: {sent_to:?}");
         }
     }
 
@@ -462,6 +460,34 @@ fn run_nftables(ctx: &Ctx, n: usize) -> anyhow::Result<Outcome> {
         manifest_bytes: manifests.bytes,
         problems,
     })))
+}
+
+/// The backends (`ip . port`) the kernel's rules send Service 0's ClusterIP connections to: its chain names
+/// its block of `backend-slots` (`mod N offset B`), whose marks `backend-addrs` maps to addresses. Each
+/// command reads one chain or named elements, so it is cheap at any size.
+fn service0_backends(node: &Netns) -> anyhow::Result<Vec<String>> {
+    let chain = format!("service-{}/svc-0/tcp/{}", manifests::NAMESPACE, manifests::PORT_NAME);
+    let rules = netns::check(node.command("nft").args(["list", "chain", "ip", "switchyard", &chain]))?;
+    let word_after = |w: &str| -> Option<u32> {
+        let mut words = rules.split_whitespace();
+        words.find(|x| *x == w)?;
+        words.next()?.parse().ok()
+    };
+    let (Some(n), Some(base)) = (word_after("mod"), word_after("offset")) else {
+        bail!("no scheduler rule with `mod N offset B` in {chain}:\n{rules}");
+    };
+    // `nft get element` prints `elements = { KEY : VALUE, ... }`: the values after each ` : `.
+    let values = |out: String| -> Vec<String> {
+        let inner = out.split_once("elements = {").map_or("", |(_, r)| r.split('}').next().unwrap_or(""));
+        inner.split(',').filter_map(|e| e.split_once(" : ").map(|(_, v)| v.trim().to_string())).collect()
+    };
+    let get = |map: &str, keys: &[String]| {
+        netns::check(node.command("nft").args(["get", "element", "ip", "switchyard", map, &format!("{{ {} }}", keys.join(", "))]))
+            .map(values)
+    };
+    let slots: Vec<String> = (base..base + n).map(|s| s.to_string()).collect();
+    let marks = get("backend-slots", &slots)?;
+    get("backend-addrs", &marks)
 }
 
 /// Lines and bytes of a text file.

@@ -401,10 +401,15 @@ fn diff(s: &mut String, t: &str, family: Family, old: &Programmed, new: Option<&
         s.push_str(&line);
         s.push('\n');
     };
+    // Elements go one command per map: one netlink message for many elements.
+    let mut gone: BTreeMap<MapName, Vec<&str>> = BTreeMap::new();
     for ((map, k), v) in &old.elements {
         if new.elements.get(&(*map, k.clone())) != Some(v) {
-            w(format!("delete element {t} {} {{ {k} }}", map.as_str()));
+            gone.entry(*map).or_default().push(k);
         }
+    }
+    for (map, keys) in gone {
+        w(format!("delete element {t} {} {{ {} }}", map.as_str(), keys.join(", ")));
     }
     for c in &old.chains {
         w(format!("flush chain {t} {c}"));
@@ -447,11 +452,14 @@ fn diff(s: &mut String, t: &str, family: Family, old: &Programmed, new: Option<&
             w(format!("add rule {t} {c} {r}"));
         }
     }
+    let mut added: BTreeMap<MapName, Vec<String>> = BTreeMap::new();
     for ((map, k), v) in &new.elements {
         if old.elements.get(&(*map, k.clone())) != Some(v) {
-            let elem = if v.is_empty() { k.clone() } else { format!("{k} {v}") };
-            w(format!("add element {t} {} {{ {elem} }}", map.as_str()));
+            added.entry(*map).or_default().push(if v.is_empty() { k.clone() } else { format!("{k} {v}") });
         }
+    }
+    for (map, elems) in added {
+        w(format!("add element {t} {} {{ {} }}", map.as_str(), elems.join(", ")));
     }
 }
 
