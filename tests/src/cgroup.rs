@@ -145,3 +145,50 @@ impl Drop for PinDir {
         }
     }
 }
+
+/// The pid in a name that [`crate::netns::unique_prefix`] (`sy<pid>c<n>...`) or the eBPF dataplane's own
+/// tests (`sye<pid>c<n>...`) made.
+fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("sye").or_else(|| name.strip_prefix("sy"))?;
+    let (pid, after) = rest.split_once('c')?;
+    after.starts_with(|c: char| c.is_ascii_digit()).then(|| pid.parse().ok()).flatten()
+}
+
+/// Removes the test cgroups under the cgroup2 root and the pin directories under `/sys/fs/bpf` that test
+/// processes no longer alive left behind (killed before their guards could run, e.g. by a timeout). Entries
+/// of live processes, other tests running now included, are left alone. Once per process.
+pub fn sweep_leftovers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dead = |name: &str| owner_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        let names = |dir: &Path| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default()
+        };
+        if let Some(root) = cgroup2_root() {
+            for name in names(&root).into_iter().filter(|n| dead(n)) {
+                drop(TestCgroup { path: root.join(name) });
+            }
+        }
+        for name in names(Path::new(BPFFS)).into_iter().filter(|n| dead(n)) {
+            drop(PinDir::new(&name));
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Leftovers are recognised by the pid in their name only.
+    #[test]
+    fn owner_pids() {
+        assert_eq!(owner_pid("sy123c4-scenario"), Some(123));
+        assert_eq!(owner_pid("sy123c4"), Some(123));
+        assert_eq!(owner_pid("sye77c0-clients"), Some(77));
+        assert_eq!(owner_pid("system.slice"), None);
+        assert_eq!(owner_pid("switchyard"), None);
+        assert_eq!(owner_pid("sy12cx"), None);
+    }
+}

@@ -777,6 +777,7 @@ struct SocketHooks {
 
 impl SocketHooks {
     fn new(prefix: &str) -> SocketHooks {
+        crate::cgroup::sweep_leftovers();
         SocketHooks { pins: PinDir::new(prefix), cgroup: TestCgroup::new(&format!("{prefix}-scenario")) }
     }
 }
