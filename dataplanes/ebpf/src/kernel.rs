@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr};
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError};
 use aya::{EbpfLoader, Pod};
 use switchyard_ebpf_common::{
     AffinityKey, AffinityValue, BackendStats, BackendValue, ReverseValue, ServiceKey, ServiceMeta, ServiceValue,
@@ -318,19 +318,19 @@ pub fn attach(pin_dir: &Path, cgroup: &Path, count_packets: bool) -> Result<usiz
         let link: FdLink = match hook {
             Hook::SockAddr => {
                 let p: &mut CgroupSockAddr = program.try_into().map_err(load_err)?;
-                p.load().map_err(load_err)?;
+                load_retrying(|| p.load()).map_err(load_err)?;
                 let id = p.attach(&cg, CgroupAttachMode::Single).map_err(attach_err)?;
                 p.take_link(id).map_err(attach_err)?.try_into().map_err(|e| KernelError::io("link", e))?
             }
             Hook::Sock => {
                 let p: &mut CgroupSock = program.try_into().map_err(load_err)?;
-                p.load().map_err(load_err)?;
+                load_retrying(|| p.load()).map_err(load_err)?;
                 let id = p.attach(&cg, CgroupAttachMode::Single).map_err(attach_err)?;
                 p.take_link(id).map_err(attach_err)?.try_into().map_err(|e| KernelError::io("link", e))?
             }
             Hook::Skb(kind) => {
                 let p: &mut CgroupSkb = program.try_into().map_err(load_err)?;
-                p.load().map_err(load_err)?;
+                load_retrying(|| p.load()).map_err(load_err)?;
                 let id = p.attach(&cg, *kind, CgroupAttachMode::Single).map_err(attach_err)?;
                 p.take_link(id).map_err(attach_err)?.try_into().map_err(|e| KernelError::io("link", e))?
             }
@@ -341,6 +341,32 @@ pub fn attach(pin_dir: &Path, cgroup: &Path, count_packets: bool) -> Result<usiz
         attached += 1;
     }
     Ok(attached)
+}
+
+/// How often a program load interrupted by a signal is tried (libbpf's number).
+const LOAD_ATTEMPTS: usize = 5;
+
+/// Runs `load` (a program's `load`) again while the verifier gives up with `EAGAIN`, which it does when a
+/// signal is pending for the loading thread (e.g. a SIGCHLD of a child that another thread spawned, routed
+/// to this one): the program is fine, its verification was only interrupted. libbpf retries the same way;
+/// aya 0.14 does not.
+fn load_retrying(load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
+    retry_while(
+        LOAD_ATTEMPTS,
+        load,
+        |e| matches!(e, ProgramError::LoadError { io_error, .. } if io_error.raw_os_error() == Some(nix::libc::EAGAIN)),
+    )
+}
+
+/// Calls `f` up to `attempts` times while it fails with an error that `again` accepts.
+fn retry_while<T, E>(attempts: usize, mut f: impl FnMut() -> Result<T, E>, again: impl Fn(&E) -> bool) -> Result<T, E> {
+    let mut attempt = 1;
+    loop {
+        match f() {
+            Err(e) if attempt < attempts && again(&e) => attempt += 1,
+            other => return other,
+        }
+    }
 }
 
 /// Whether exactly the programs wanted (see [`attach`]) have their links pinned in `pin_dir`.
@@ -373,4 +399,32 @@ pub fn remove(pin_dir: &Path) -> Result<()> {
     }
     let _ = std::fs::remove_dir(pin_dir);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Interrupted loads are tried again, up to the limit; other failures and successes end at once.
+    #[test]
+    fn interrupted_loads_are_retried() {
+        let run = |results: Vec<Result<u8, i32>>| {
+            let mut calls = 0;
+            let mut it = results.into_iter();
+            let r = retry_while(
+                LOAD_ATTEMPTS,
+                || {
+                    calls += 1;
+                    it.next().expect("a result")
+                },
+                |e| *e == nix::libc::EAGAIN,
+            );
+            (r, calls)
+        };
+        let eagain = Err(nix::libc::EAGAIN);
+        assert_eq!(run(vec![eagain, eagain, Ok(7)]), (Ok(7), 3));
+        assert_eq!(run(vec![eagain; 5]), (eagain, 5));
+        assert_eq!(run(vec![Err(nix::libc::EPERM), Ok(7)]), (Err(nix::libc::EPERM), 1));
+        assert_eq!(run(vec![Ok(1)]), (Ok(1), 1));
+    }
 }
