@@ -473,8 +473,9 @@ fn service0_backends(node: &Netns) -> anyhow::Result<Vec<String>> {
         words.find(|x| *x == w)?;
         words.next()?.parse().ok()
     };
-    let (Some(n), Some(base)) = (word_after("mod"), word_after("offset")) else {
-        bail!("no scheduler rule with `mod N offset B` in {chain}:\n{rules}");
+    // nft leaves out `offset 0`.
+    let (Some(n), base) = (word_after("mod"), word_after("offset").unwrap_or(0)) else {
+        bail!("no scheduler rule with `mod N [offset B]` in {chain}:\n{rules}");
     };
     // `nft get element` prints `elements = { KEY : VALUE, ... }`: the values after each ` : `.
     let values = |out: String| -> Vec<String> {

@@ -244,13 +244,11 @@ fn backend_addrs(l: &Listing) -> HashMap<&str, (IpAddr, u16)> {
     out
 }
 
-/// The block of `backend-slots` a scheduler's rule picks from: `ct mark set … mod N offset B map
-/// @backend-slots` -> (B, N).
+/// The block of `backend-slots` a scheduler's rule picks from: `ct mark set numgen|jhash … mod N offset B`
+/// -> (B, N).
 fn slot_range(stmt: &Value) -> Option<(u32, u32)> {
-    let m = stmt.get("mangle")?.get("value")?.get("map")?;
-    (m.get("data")?.as_str()? == format!("@{}", MapName::BackendSlots.as_str())).then_some(())?;
-    let key = m.get("key")?;
-    let pick = key.get("numgen").or_else(|| key.get("jhash"))?;
+    let value = stmt.get("mangle")?.get("value")?;
+    let pick = value.get("numgen").or_else(|| value.get("jhash"))?;
     let n = |k: &str| pick.get(k).and_then(Value::as_u64).and_then(|v| u32::try_from(v).ok());
     Some((n("offset").unwrap_or(0), n("mod")?))
 }
@@ -336,12 +334,12 @@ pub fn dump(l: &Listing, family: Family) -> Result<Dump, Error> {
     Ok(Dump { services })
 }
 
-/// The scheduler a statement applies, if it is a scheduler's pick (a slot for the mark, or with affinity
+/// The scheduler a statement applies, if it is a scheduler's pick (a slot into the mark, or with affinity
 /// a vmap).
 fn scheduler_of(stmt: &Value) -> Option<Scheduler> {
     let key = match stmt.get("vmap") {
         Some(vmap) => vmap.get("key")?,
-        None => stmt.get("mangle")?.get("value")?.get("map")?.get("key")?,
+        None => stmt.get("mangle")?.get("value")?,
     };
     if let Some(ng) = key.get("numgen") {
         return Some(if ng.get("mode")?.as_str()? == "inc" { Scheduler::Rr } else { Scheduler::Random });

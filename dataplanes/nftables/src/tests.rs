@@ -132,7 +132,7 @@ fn incremental_touches_only_the_changed_service() {
     for gone in ["backend-traffic { 2 }", "backend-connections { 2 }", "backend-addrs { 2 }", "hairpin { 10.244.0.3 . 2 }", "backend-slots { 1 }"] {
         assert!(s.contains(&format!("delete element ip switchyard {gone}")), "{gone}:\n{s}");
     }
-    assert!(s.contains("ct mark set numgen inc mod 1 offset 0 map @backend-slots goto backend-dnat"), "{s}");
+    assert!(s.contains("ct mark set numgen inc mod 1 offset 0 goto backend-pick"), "{s}");
     assert!(!s.contains("add chain") && !s.contains("delete chain") && !s.contains(" map ip "), "no objects, only elements:\n{s}");
     assert!(
         !s.contains("backend-traffic { 1") && !s.contains("backend-connections { 1") && !s.contains("backend-slots { 0"),

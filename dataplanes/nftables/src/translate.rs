@@ -14,11 +14,14 @@
 //!   rules, the scheduler's rule; or reject/drop), chain `external-K` (NodePort/externalIP/LB traffic; the
 //!   Local-policy short-circuit), chain `firewall-K` (LB source ranges);
 //! - per backend a conntrack mark, and elements, never chains: the scheduler's rule of each route sets the
-//!   connection's mark with `numgen`/`jhash … mod N offset B` looked up in `backend-slots` (the route owns
-//!   slots `B..B+N`, one per backend) and goes to the shared chain `backend-dnat`, which masquerades hairpin
-//!   traffic (`hairpin`: backend address . mark) and DNATs to the mark's address and port (`backend-addrs`).
-//!   A backend change is a handful of element updates; the kernel's object count does not grow with
-//!   endpoints (a chain and a named map per endpoint made loading quadratic at 50,000 Services);
+//!   connection's mark to a slot, `numgen`/`jhash … mod N offset B` (the route owns slots `B..B+N` of
+//!   `backend-slots`, one per backend), and goes to the shared chain `backend-pick`, which turns the slot
+//!   into the backend's mark through `backend-slots`; `backend-dnat` then masquerades hairpin traffic
+//!   (`hairpin`: backend address . mark) and DNATs to the mark's address and port (`backend-addrs`). A
+//!   backend change is a handful of element updates, and the kernel's object count does not grow with
+//!   endpoints (a chain and a named map per endpoint made loading quadratic at 50,000 Services). Each map is
+//!   looked up from one chain only: the kernel walks every element of a map each time a rule in another
+//!   chain binds it;
 //! - per backend, elements of the counted sets `backend-traffic` (packets and bytes both ways) and
 //!   `backend-connections` (new connections), which the `accounting-*` chains look the connection's mark up
 //!   in (per-element counters: no counter objects, which nft would have to read back before every
@@ -225,7 +228,7 @@ fn empty_verdict(when: WhenEmpty) -> &'static [&'static str] {
 }
 
 /// Appends the scheduler's rule over `backends` to `rules`: it picks a slot of the route's block in
-/// `backend-slots` and goes to `backend-dnat`; with affinity, the affinity rules and a pick from the
+/// `backend-slots` and goes to `backend-pick`; with affinity, the affinity rules and a pick from the
 /// route's own verdict map of endpoint chains.
 fn balance(
     rules: &mut Vec<String>,
@@ -262,7 +265,7 @@ fn balance(
         o.elements.insert((MapName::BackendSlots, i.to_string()), format!(": {}", ids.mark(ep)));
     }
     o.slot_blocks.insert(route, (base, count));
-    rules.push(format!("ct mark set {selector} offset {base} map @{} goto {BACKEND_DNAT}", MapName::BackendSlots.as_str()));
+    rules.push(format!("ct mark set {selector} offset {base} goto {BACKEND_PICK}"));
 }
 
 /// Stable 64-bit FNV-1a: the fingerprint must not change between builds or runs.
@@ -317,8 +320,7 @@ pub fn skeleton(family: Family, table: &str, node: &NodePlan) -> String {
     for set in [MapName::BackendTraffic, MapName::BackendConnections] {
         writeln!(s, "add set {t} {} {{ type mark; counter; }}", set.as_str()).expect("write to String");
     }
-    writeln!(s, "add map {t} {} {{ typeof numgen random mod 1 : ct mark; }}", MapName::BackendSlots.as_str())
-        .expect("write to String");
+    writeln!(s, "add map {t} {} {{ type mark : mark; }}", MapName::BackendSlots.as_str()).expect("write to String");
     writeln!(s, "add map {t} {} {{ type mark : {addr_type} . inet_service; }}", MapName::BackendAddrs.as_str())
         .expect("write to String");
     writeln!(s, "add set {t} {} {{ type {addr_type} . mark; }}", MapName::Hairpin.as_str()).expect("write to String");
@@ -378,8 +380,14 @@ pub fn skeleton(family: Family, table: &str, node: &NodePlan) -> String {
                 format!("{ip} daddr @{SERVICE_CIDRS} drop"),
             ],
         ),
-        // Where every scheduler's pick (the connection's mark) becomes a DNAT. The transport protocol must be
-        // known for nft to accept a port in the mapping.
+        // Where every scheduler's pick becomes the backend's mark (a slot without one, never expected, is
+        // dropped rather than taken for a mark), and the mark a DNAT. The transport protocol must be known
+        // for nft to accept a port in the mapping.
+        (
+            BACKEND_PICK,
+            None,
+            vec![format!("ct mark set ct mark map @{} goto {BACKEND_DNAT}", MapName::BackendSlots.as_str()), "drop".into()],
+        ),
         (
             BACKEND_DNAT,
             None,
@@ -417,6 +425,8 @@ pub fn skeleton(family: Family, table: &str, node: &NodePlan) -> String {
     s
 }
 
+/// The shared chain that turns a scheduler's slot (in the conntrack mark) into the backend's mark.
+pub const BACKEND_PICK: &str = "backend-pick";
 /// The shared chain that DNATs a connection to the backend its mark names.
 pub const BACKEND_DNAT: &str = "backend-dnat";
 /// The set of every ClusterIP.
