@@ -41,6 +41,7 @@ struct TableState {
     services: HashMap<String, Programmed>,
     /// Which Service port owns each dispatch element, so two Services claiming one address and port cannot
     /// make every transaction fail.
+    /// Only dispatch elements are here: backend elements (marks, slots) are unique by allocation.
     owners: HashMap<(MapName, String), String>,
     /// Service ports that lost an element to another one, retried whenever something else changes.
     conflicted: BTreeSet<String>,
@@ -194,7 +195,7 @@ impl NftablesDataplane {
         // Service that takes over an address from one removed in the same batch can claim it. Only the
         // changed Service ports are looked at: the cost is independent of the table's size.
         let released: HashSet<(MapName, String)> =
-            todo.iter().filter_map(|k| state.services.get(k)).flat_map(|p| p.elements.keys().cloned()).collect();
+            todo.iter().filter_map(|k| state.services.get(k)).flat_map(|p| dispatch_keys(&p.elements).cloned()).collect();
         let mut claimed: HashMap<(MapName, String), String> = HashMap::new();
         let mut work: Vec<(String, Option<ServiceObjects>, bool)> = Vec::new();
         for key in &todo {
@@ -202,6 +203,9 @@ impl NftablesDataplane {
             let mut conflict = false;
             let new = new.map(|mut objects| {
                 objects.elements.retain(|e, _| {
+                    if e.0.is_backend_map() {
+                        return true;
+                    }
                     let owner = claimed
                         .get(e)
                         .or_else(|| if released.contains(e) { None } else { state.owners.get(e) });
@@ -290,12 +294,16 @@ impl NftablesDataplane {
                 continue;
             }
             let empty = Programmed::default();
-            let mut refs = std::mem::take(&mut state.cluster_ip_refs);
-            count_cluster_ips(&mut refs, state.services.get(&key).unwrap_or(&empty), new.as_ref());
-            state.cluster_ips = refs.keys().copied().collect();
-            state.cluster_ip_refs = refs;
+            let touched = count_cluster_ips(&mut state.cluster_ip_refs, state.services.get(&key).unwrap_or(&empty), new.as_ref());
+            // What the kernel's `cluster-ips` set now holds.
+            for ip in touched {
+                match state.cluster_ip_refs.contains_key(&ip) {
+                    true => state.cluster_ips.insert(ip),
+                    false => state.cluster_ips.remove(&ip),
+                };
+            }
             if let Some(old) = state.services.remove(&key) {
-                for e in old.elements.keys() {
+                for e in dispatch_keys(&old.elements) {
                     if state.owners.get(e) == Some(&key) {
                         state.owners.remove(e);
                     }
@@ -312,7 +320,7 @@ impl NftablesDataplane {
             }
             match new {
                 Some(n) => {
-                    for e in n.elements.keys() {
+                    for e in dispatch_keys(&n.elements) {
                         state.owners.insert(e.clone(), key.clone());
                     }
                     if conflict {
@@ -353,6 +361,11 @@ fn programmed(n: ServiceObjects, conflict: bool) -> Programmed {
     }
 }
 
+/// The keys of the dispatch elements (frontends) among a Service port's elements.
+fn dispatch_keys(elements: &BTreeMap<(MapName, String), String>) -> impl Iterator<Item = &(MapName, String)> {
+    elements.keys().filter(|(map, _)| !map.is_backend_map())
+}
+
 /// The ClusterIPs a Service port's dispatch elements name.
 fn cluster_ips_of(elements: &BTreeMap<(MapName, String), String>) -> BTreeSet<IpAddr> {
     let clusterip = format!("comment \"{}\"", FrontendKind::ClusterIp.as_str());
@@ -363,8 +376,9 @@ fn cluster_ips_of(elements: &BTreeMap<(MapName, String), String>) -> BTreeSet<Ip
         .collect()
 }
 
-/// Moves the ClusterIP reference counts from `old` to `new`.
-fn count_cluster_ips(refs: &mut HashMap<IpAddr, usize>, old: &Programmed, new: Option<&ServiceObjects>) {
+/// Moves the ClusterIP reference counts from `old` to `new`; returns the ClusterIPs of either.
+fn count_cluster_ips(refs: &mut HashMap<IpAddr, usize>, old: &Programmed, new: Option<&ServiceObjects>) -> Vec<IpAddr> {
+    let mut touched = Vec::new();
     for ip in cluster_ips_of(&old.elements) {
         if let Some(n) = refs.get_mut(&ip) {
             *n -= 1;
@@ -372,10 +386,13 @@ fn count_cluster_ips(refs: &mut HashMap<IpAddr, usize>, old: &Programmed, new: O
                 refs.remove(&ip);
             }
         }
+        touched.push(ip);
     }
     for ip in new.map(|n| cluster_ips_of(&n.elements)).unwrap_or_default() {
         *refs.entry(ip).or_default() += 1;
+        touched.push(ip);
     }
+    touched
 }
 
 /// Appends the `cluster-ips` set changes that make it hold exactly the referenced ClusterIPs.
@@ -478,7 +495,7 @@ impl Dataplane for NftablesDataplane {
             let restored = listing::restore(&listing);
             let mut state = TableState::default();
             for (key, p) in &restored.services {
-                for e in p.elements.keys() {
+                for e in dispatch_keys(&p.elements) {
                     state.owners.insert(e.clone(), key.clone());
                 }
                 for ip in cluster_ips_of(&p.elements) {
