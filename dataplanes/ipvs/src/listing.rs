@@ -64,8 +64,16 @@ pub fn parse(json: &str) -> Result<Table, Error> {
         let Some(owner) = names::owner_key(target) else { continue };
         t.keys.entry(owner.to_string()).or_default().elements.insert(id, value.clone());
     }
+    // nftables' listing files a set named like one of its own shared maps (`hairpin`) under `elements`.
     let ips = |set: &str| -> BTreeSet<IpAddr> {
-        l.set_elements.get(set).into_iter().flatten().filter_map(|e| e.split(" . ").next()?.parse().ok()).collect()
+        let shared = MapName::parse(set).and_then(|m| l.elements.get(&m)).into_iter().flatten().map(|(k, _)| k);
+        l.set_elements
+            .get(set)
+            .into_iter()
+            .flatten()
+            .chain(shared)
+            .filter_map(|e| e.split(" . ").next()?.parse().ok())
+            .collect()
     };
     t.cluster_ips = ips(CLUSTER_IPS);
     t.hairpin = ips(HAIRPIN);

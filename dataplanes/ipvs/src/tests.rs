@@ -583,3 +583,22 @@ fn translation_of_random_and_empty_routes() {
     assert_eq!(o.chains["service-default/empty/udp/http"][1], "drop");
     assert_eq!(translate::parse_element_key("fd00::1 . sctp . 9"), Some(ServiceId::sctp(ip("fd00::1"), 9)));
 }
+
+/// The companion table's shared sets come back from `nft -j list table`, including `hairpin`, whose name
+/// nftables' listing also knows as one of its own shared maps (it files it under `elements`, not
+/// `set_elements`; reading only the latter lost the set on restore and made every restart rewrite it).
+#[test]
+fn listing_reads_the_cluster_ips_and_hairpin_sets() {
+    let json = r#"{"nftables": [
+        {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
+        {"table": {"family": "ip", "name": "switchyard-ipvs", "handle": 1}},
+        {"set": {"family": "ip", "name": "cluster-ips", "table": "switchyard-ipvs", "type": "ipv4_addr",
+                 "handle": 2, "elem": ["10.96.0.10", "10.96.0.11"]}},
+        {"set": {"family": "ip", "name": "hairpin", "table": "switchyard-ipvs", "type": ["ipv4_addr", "ipv4_addr"],
+                 "handle": 3, "elem": [{"concat": ["10.244.0.10", "10.244.0.10"]},
+                                       {"concat": ["10.244.0.11", "10.244.0.11"]}]}}
+    ]}"#;
+    let t = crate::listing::parse(json).unwrap();
+    assert_eq!(t.cluster_ips, [ip("10.96.0.10"), ip("10.96.0.11")].into());
+    assert_eq!(t.hairpin, [ip("10.244.0.10"), ip("10.244.0.11")].into());
+}
