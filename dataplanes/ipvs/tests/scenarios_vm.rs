@@ -1,6 +1,6 @@
 //! The dataplane-neutral scenarios (`tests/scenarios/*.yaml`, runner `switchyard_tests::scenario`) against
 //! `switchyard run --dataplane ipvs`, inside Debian's stock kernel booted under QEMU (the host's kernel may
-//! have no IPVS), with the harness of `tests/vm` (`tests/vmkit`).
+//! have no IPVS), with the VM machinery of `switchyard-ipvs-netlink`'s `tests/vmkit`.
 //!
 //! On the host this builds the daemon (`cargo build -p switchyard`), the scenarios test executable of
 //! `switchyard-tests` (`cargo test -p switchyard-tests --test scenarios --no-run`) and the `ipvs-list` example
@@ -8,25 +8,29 @@
 //! info, and packs them with busybox, `ip`, `nft`, their libraries, the kernel modules and the scenario files
 //! (at the absolute path the scenarios executable reads them from, its `CARGO_MANIFEST_DIR`) into an
 //! initramfs. The daemon sits next to the scenarios executable, where `switchyard_tests::daemon::binary()`
-//! looks. The guest's `/init` runs the scenarios executable once with `SWITCHYARD_DATAPLANE=ipvs` and
-//! `--test-threads=1`; the host reads libtest's `test NAME ... ok` lines from the serial console, prints one
-//! line per scenario and fails unless every selected scenario passed and the guest reported.
+//! looks. The guest's `/init` runs the scenarios executable once per scenario test (`--exact NAME`, with
+//! `SWITCHYARD_DATAPLANE=ipvs`), each under a deadline (see [`INIT`]); the host reads libtest's
+//! `test NAME ... ok` lines from the guest's output port (the kernel's console is a port of its own, so its
+//! messages never split those lines), prints one line per scenario and fails unless every selected scenario
+//! passed and the guest reported.
 //!
 //! Usage: `cargo test -p switchyard-ipvs --test scenarios_vm [-- FILTER...]` (filters select scenario tests
 //! by substring, `--skip` leaves some out, as libtest does). Env: `SWITCHYARD_VM_TIMEOUT_SECS` (default 1500)
-//! bounds the VM; `SWITCHYARD_VM_TIME_SCALE` (default 3) multiplies the scenarios' per-try timeouts inside the
-//! emulated VM; `RUST_LOG` is passed to the daemon in the guest. Needs root (to install missing packages and
-//! read /boot); fails, never skips, when the VM does not report.
+//! bounds the VM; `SWITCHYARD_VM_SCENARIO_DEADLINE_SECS` (default 180) bounds each scenario test in the guest;
+//! `SWITCHYARD_VM_TIME_SCALE` (default 3) multiplies the scenarios' per-try timeouts inside the emulated VM;
+//! `RUST_LOG` is passed to the daemon in the guest; `SWITCHYARD_VM_CPUS` and `SWITCHYARD_VM_APPEND` change the
+//! VM's CPUs and kernel command line. Needs root (to install missing packages and read /boot); fails, never
+//! skips, when the VM does not report.
 
-#[path = "vmkit/mod.rs"]
+#[path = "../../ipvs-netlink/tests/vmkit/mod.rs"]
 mod vmkit;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use vmkit::{Cpio, Kernel};
+use vmkit::{Args, Cpio, Kernel};
 
 /// Scenario tests that cannot apply to IPVS, with the reason (printed on every run). Keep it empty unless a
 /// scenario asks for something IPVS cannot do by design; a dataplane bug is a failure, not an exclusion.
@@ -36,8 +40,9 @@ const EXCLUDED: &[(&str, &str)] = &[(
 )];
 
 /// Kernel modules: IPVS and its schedulers, dummy (the Service addresses), veth (the kit's links), nf_tables
-/// and the expressions the companion table uses, and ctnetlink (the daemon clears stale UDP conntrack
-/// entries). Dependencies (nf_conntrack, nf_nat, nf_reject_*, ...) come from `modprobe --show-depends`.
+/// and the expressions the companion table uses, ctnetlink (the daemon clears stale UDP conntrack entries),
+/// and sctp, so that SCTP sockets work when a scenario has SCTP flows (none has yet: the runner sends TCP,
+/// UDP and HTTP). Dependencies (nf_conntrack, nf_nat, nf_reject_*, ...) come from `modprobe --show-depends`.
 const MODULES: &[&str] = &[
     "ip_vs",
     "ip_vs_rr",
@@ -50,6 +55,7 @@ const MODULES: &[&str] = &[
     "ip_vs_nq",
     "ip_vs_mh",
     "veth",
+    "sctp",
     "dummy",
     "nf_tables",
     "nft_ct",
@@ -74,12 +80,13 @@ const DIAGNOSE: &str = "echo '## ipvs-list'; ipvs-list 2>&1; echo '## ip addr sh
                         for s in /proc/sys/net/ipv4/vs/conntrack /proc/sys/net/ipv4/ip_forward \
                         /proc/sys/net/ipv4/conf/all/route_localnet; do echo \"$s=$(cat $s)\"; done";
 
-const INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sys /sys
-/bin/busybox mount -t devtmpfs dev /dev
-/bin/busybox --install -s /bin
-export PATH=/sbin:/bin
+/// The rest of the guest's `/init` (after [`vmkit::INIT_PREAMBLE`]). Each scenario test runs in a process
+/// (session) of its own under a deadline: one that is still running after `/deadline` seconds is reported
+/// (`SWITCHYARD-SCENARIO-TIMEOUT NAME`) with the kernel stacks of its threads and a backtrace of every CPU
+/// (sysrq `l` and `w`, on the kernel's console), killed with everything it started, and the next one runs. If
+/// even SIGKILL cannot end it (a task stuck in the kernel), the guest reports failure and powers off. So a
+/// run always ends with a verdict per scenario.
+const INIT: &str = r##"
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 mkdir -p /run/netns /var
@@ -93,11 +100,66 @@ export SWITCHYARD_DATAPLANE=ipvs RUST_BACKTRACE=1 HOME=/tmp
 export SWITCHYARD_SCENARIO_TIME_SCALE="$(cat /time-scale)"
 export SWITCHYARD_SCENARIO_DIAGNOSE="$(cat /diagnose)"
 [ -f /rust-log ] && export RUST_LOG="$(cat /rust-log)"
-echo "init: modules loaded, running the scenarios on ipvs (time scale $SWITCHYARD_SCENARIO_TIME_SCALE)"
-/opt/switchyard/scenarios --test-threads=1 --show-output --exact $(cat /tests)
-echo "SWITCHYARD-VM-EXIT=$?"
+deadline="$(cat /deadline)"
+
+# The threads of every process in session $1: state, wait channel, kernel stack.
+stacks() {
+  for d in /proc/[0-9]*; do
+    [ "$(awk '{print $6}' "$d/stat" 2>/dev/null)" = "$1" ] || continue
+    for t in "$d"/task/[0-9]*; do
+      echo "-- thread ${t#/proc/} $(cat "$t/comm" 2>/dev/null) state $(awk '{print $3}' "$t/stat" 2>/dev/null) wchan $(cat "$t/wchan" 2>/dev/null)"
+      cat "$t/stack" 2>/dev/null
+    done
+  done
+}
+
+# Every CPU's backtrace and the blocked tasks, on the kernel's console (ttyS1).
+sysrq() {
+  old="$(cat /proc/sys/kernel/printk)"
+  echo 7 > /proc/sys/kernel/printk
+  echo l > /proc/sysrq-trigger
+  echo w > /proc/sysrq-trigger
+  sleep 2
+  echo "$old" > /proc/sys/kernel/printk
+}
+
+echo "init: modules loaded, running the scenarios on ipvs (time scale $SWITCHYARD_SCENARIO_TIME_SCALE, at most ${deadline}s each)"
+status=0
+for t in $(cat /tests); do
+  setsid /opt/switchyard/scenarios --test-threads=1 --show-output --exact "$t" &
+  pid=$!
+  (
+    sleep "$deadline"
+    kill -0 "$pid" 2>/dev/null || exit 0
+    echo "SWITCHYARD-SCENARIO-TIMEOUT $t"
+    echo "init: $t still running after ${deadline}s; load $(cat /proc/loadavg); its threads:"
+    stacks "$pid"
+    echo "init: backtraces of every CPU and the blocked tasks are on the kernel's console"
+    sysrq
+    kill -9 -"$pid"
+    sleep 30
+    echo "init: $t (session $pid) survived SIGKILL for 30s:"
+    stacks "$pid"
+    echo "SWITCHYARD-VM-EXIT=124"
+    poweroff -f
+  ) &
+  watchdog=$!
+  wait "$pid"
+  rc=$?
+  kill "$watchdog" 2>/dev/null
+  echo "init: $t exited with status $rc"
+  [ "$rc" -eq 0 ] || status=1
+done
+echo "SWITCHYARD-VM-EXIT=$status"
 poweroff -f
-"#;
+"##;
+
+/// A scenario test still running after this long in the guest is reported, killed and counted as failed
+/// (`SWITCHYARD_VM_SCENARIO_DEADLINE_SECS`). Each takes 10-35 s in the VM on a busy 2-core machine.
+const SCENARIO_DEADLINE_SECS: u64 = 180;
+
+/// The guest prints this and the scenario's name when it stopped a scenario at its deadline.
+const TIMEOUT_MARKER: &str = "SWITCHYARD-SCENARIO-TIMEOUT ";
 
 fn main() {
     let args = Args::parse(std::env::args().skip(1));
@@ -133,23 +195,38 @@ fn main() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ipvs-scenarios-vm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let initramfs = dir.join("initramfs.cpio");
-    build_initramfs(&kernel, &built, &dir, &initramfs, &selected);
+    let deadline = vmkit::env_secs("SWITCHYARD_VM_SCENARIO_DEADLINE_SECS", SCENARIO_DEADLINE_SECS);
+    build_initramfs(&kernel, &built, &dir, &initramfs, &selected, deadline);
     let prepared = started.elapsed();
 
-    let timeout = vmkit::timeout(1500);
+    let vm = vmkit::Vm {
+        memory_mb: 2048,
+        cpus: 2,
+        timeout: vmkit::timeout(1500),
+        // The guest stops a stuck scenario at its deadline and says so: silence longer than that is the
+        // guest itself stuck.
+        silence: deadline + Duration::from_secs(120),
+        hide: None,
+    };
     let boot = Instant::now();
-    let run = vmkit::boot_vm(&kernel, &initramfs, timeout, 2048);
+    let run = vmkit::boot_vm(&kernel, &initramfs, &vm);
     let wall = boot.elapsed();
     let _ = std::fs::remove_dir_all(&dir);
 
-    // libtest's verdict lines: `test NAME ... ok` (`FAILED`, `ignored[, reason]`).
+    // libtest's verdict lines: `test NAME ... ok` (`FAILED`, `ignored[, reason]`), and the guest's deadline.
     let mut results: BTreeMap<String, String> = BTreeMap::new();
+    let mut timed_out = Vec::new();
     for line in &run.lines {
         if let Some((name, verdict)) = line.strip_prefix("test ").and_then(|l| l.split_once(" ... ")) {
             if selected.iter().any(|s| s == name) {
                 results.insert(name.to_string(), verdict.trim().to_string());
             }
+        } else if let Some(name) = line.strip_prefix(TIMEOUT_MARKER) {
+            timed_out.push(name.trim().to_string());
         }
+    }
+    for name in &timed_out {
+        results.insert(name.clone(), format!("TIMEOUT, still running after {}s", deadline.as_secs()));
     }
     println!(
         "\nvm: kernel {} | built and packed in {:.1}s | VM wall time {:.1}s (boot to power-off)",
@@ -173,9 +250,9 @@ fn main() {
     }
     let Some(status) = run.exit else {
         panic!(
-            "the VM did not report a result within {}s (timed out, crashed, or /init failed); \
-             the serial console is above",
-            timeout.as_secs()
+            "the VM did not report a result ({}); the guest's output (vm|) and the kernel's console \
+             (vm-kernel|) are above",
+            run.killed.as_deref().unwrap_or("QEMU exited: the guest crashed or /init failed")
         );
     };
     if !bad.is_empty() || status != 0 {
@@ -274,14 +351,15 @@ fn stripped(exe: &Path, dir: &Path) -> PathBuf {
     }
 }
 
-fn build_initramfs(kernel: &Kernel, built: &Built, dir: &Path, out: &Path, tests: &[String]) {
+fn build_initramfs(kernel: &Kernel, built: &Built, dir: &Path, out: &Path, tests: &[String], deadline: Duration) {
     let mut cpio = Cpio::default();
     for d in ["bin", "sbin", "dev", "proc", "sys", "tmp", "run", "modules", "etc"] {
         cpio.dir(d);
     }
     cpio.char_device("dev/console", 5, 1);
     cpio.char_device("dev/null", 1, 3);
-    cpio.file("init", 0o755, INIT.as_bytes().to_vec());
+    cpio.file("init", 0o755, format!("{}{INIT}", vmkit::INIT_PREAMBLE).into_bytes());
+    cpio.file("deadline", 0o644, deadline.as_secs().to_string().into_bytes());
     let which = |name: &str| vmkit::which(name).unwrap_or_else(|| panic!("{name} is not installed"));
     let executables: Vec<(PathBuf, String)> = vec![
         (which("busybox"), "bin/busybox".to_string()),
@@ -315,39 +393,4 @@ fn build_initramfs(kernel: &Kernel, built: &Built, dir: &Path, out: &Path, tests
         cpio.file("rust-log", 0o644, filter.into_bytes());
     }
     std::fs::write(out, cpio.finish()).unwrap();
-}
-
-/// libtest-like arguments: filters (substrings), `--skip`, `--exact`, `--list`; other flags are ignored.
-#[derive(Debug, Default)]
-struct Args {
-    filters: Vec<String>,
-    skip: Vec<String>,
-    exact: bool,
-    list: bool,
-}
-
-impl Args {
-    fn parse(args: impl IntoIterator<Item = String>) -> Args {
-        let mut out = Args::default();
-        let mut args = args.into_iter();
-        while let Some(a) = args.next() {
-            match a.as_str() {
-                "--list" => out.list = true,
-                "--exact" => out.exact = true,
-                "--skip" => out.skip.extend(args.next()),
-                "--test-threads" | "--color" | "--format" | "--logfile" | "-Z" | "--shuffle-seed" => {
-                    args.next();
-                }
-                _ if a.starts_with("--skip=") => out.skip.push(a["--skip=".len()..].to_string()),
-                _ if a.starts_with('-') => {}
-                _ => out.filters.push(a),
-            }
-        }
-        out
-    }
-
-    fn selects(&self, name: &str) -> bool {
-        let matches = |f: &String| if self.exact { name == f } else { name.contains(f.as_str()) };
-        (self.filters.is_empty() || self.filters.iter().any(matches)) && !self.skip.iter().any(matches)
-    }
 }

@@ -18,11 +18,11 @@ mod cases;
 mod driver;
 mod guest;
 mod netns;
+#[path = "../vmkit/mod.rs"]
+mod vmkit;
 
 /// Set by the guest's `/init`.
 const GUEST_ENV: &str = "SWITCHYARD_IPVS_GUEST";
-/// The guest prints this, then its exit status, as its last word.
-const EXIT_MARKER: &str = "SWITCHYARD-VM-EXIT=";
 /// Prefix of the lines that carry captured datagrams.
 const CAPTURE_MARKER: &str = "SWITCHYARD-CAPTURE";
 
@@ -31,53 +31,5 @@ fn main() {
         guest::main()
     } else {
         driver::main()
-    }
-}
-
-/// libtest-like command-line arguments: filters, `--skip`, `--exact`, `--list`; other flags are accepted and
-/// ignored (cargo passes `--test-threads`, `--nocapture`, ...).
-#[derive(Debug, Default, Clone)]
-struct Args {
-    filters: Vec<String>,
-    skip: Vec<String>,
-    exact: bool,
-    list: bool,
-}
-
-impl Args {
-    fn parse(args: impl IntoIterator<Item = String>) -> Args {
-        let mut out = Args::default();
-        let mut args = args.into_iter();
-        while let Some(a) = args.next() {
-            match a.as_str() {
-                "--list" => out.list = true,
-                "--exact" => out.exact = true,
-                "--skip" => out.skip.extend(args.next()),
-                "--test-threads" | "--color" | "--format" | "--logfile" | "-Z" | "--shuffle-seed" => {
-                    args.next();
-                }
-                _ if a.starts_with("--skip=") => out.skip.push(a["--skip=".len()..].to_string()),
-                _ if a.starts_with('-') => {}
-                _ => out.filters.push(a),
-            }
-        }
-        out
-    }
-
-    fn selects(&self, name: &str) -> bool {
-        let matches = |f: &String| if self.exact { name == f } else { name.contains(f.as_str()) };
-        (self.filters.is_empty() || self.filters.iter().any(matches)) && !self.skip.iter().any(matches)
-    }
-
-    fn to_lines(&self) -> String {
-        let mut lines = Vec::new();
-        if self.exact {
-            lines.push("--exact".to_string());
-        }
-        for s in &self.skip {
-            lines.push(format!("--skip={s}"));
-        }
-        lines.extend(self.filters.iter().cloned());
-        lines.join("\n")
     }
 }

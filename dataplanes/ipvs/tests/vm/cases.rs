@@ -30,6 +30,7 @@ pub const CASES: &[(&str, fn())] = &[
     ("grace_period_ends_a_drain", grace_period_ends_a_drain),
     ("restart_adopts_state_and_leaves_no_weight_zero", restart_adopts_state_and_leaves_no_weight_zero),
     ("udp_service_and_udp_backend_removal", udp_service_and_udp_backend_removal),
+    ("sctp_service_and_sctp_backend_removal", sctp_service_and_sctp_backend_removal),
     ("nodeport_and_external_addresses_from_outside", nodeport_and_external_addresses_from_outside),
     ("external_traffic_policy_local", external_traffic_policy_local),
     ("internal_traffic_policy_local", internal_traffic_policy_local),
@@ -635,6 +636,50 @@ fn udp_service_and_udp_backend_removal() {
     let d = dests(&ServiceId::udp(ipa("10.96.1.27"), 53));
     assert_eq!(d.keys().copied().collect::<Vec<_>>(), [pod_ip(0)], "UDP: deleted, not drained");
     assert!(dp.draining().is_empty());
+}
+
+/// SCTP (IPVS's SCTP support, conntrack's SCTP tracking, the companion table's `sctp` rules), with real
+/// associations: through the ClusterIP they reach both backends and keep the client pod's address, the
+/// NodePort answers the external client masqueraded, a Service without endpoints refuses, and a removed
+/// backend is deleted at once, not drained (no connection to finish, as for UDP).
+fn sctp_service_and_sctp_backend_removal() {
+    let lab = lab(0, &[]);
+    for (i, name) in NAMES.iter().enumerate().take(2) {
+        lab.pods.sctp_server(SocketAddr::new(pod_ip(i), 9000), name);
+    }
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: sig, namespace: default}\n\
+        spec: {type: NodePort, clusterIP: 10.96.1.29, ports: [{name: sig, protocol: SCTP, port: 90, targetPort: 9000, nodePort: 30090}]}\n"
+        .to_string()
+        + &slice("sig", "sig", "SCTP", 9000, &[(0, "node-a"), (1, "node-b")])
+        + "---\napiVersion: v1\nkind: Service\nmetadata: {name: sig-empty, namespace: default}\n\
+        spec: {clusterIP: 10.96.1.33, ports: [{name: sig, protocol: SCTP, port: 90, targetPort: 9000}]}\n";
+    let mut p = plans(&yaml);
+    let (mut dp, _) = programmed(settings(), &p);
+    let mut names = BTreeSet::new();
+    for _ in 0..4 {
+        match lab.client.run(|| sctp(Some(client_ip()), sa("10.96.1.29:90"))) {
+            Outcome::Answered { name, peer } => {
+                assert_eq!(peer, client_ip(), "a pod keeps its address");
+                names.insert(name);
+            }
+            other => panic!("ClusterIP: {other:?}"),
+        }
+    }
+    assert_eq!(names.len(), 2, "{names:?}");
+    let got = lab.external.run(|| sctp(Some(ipa(EXTERNAL_IP)), sa("192.168.50.1:30090")));
+    assert!(
+        matches!(&got, Outcome::Answered { peer, .. } if *peer == ipa(NODE_POD_IP)),
+        "NodePort, masqueraded: {got:?}"
+    );
+    assert_eq!(lab.client.run(|| sctp(Some(client_ip()), sa("10.96.1.33:90"))), Outcome::Refused, "no endpoints");
+    let changed = remove_backend(&mut p, 1);
+    dp.sync(&node_plan(), &p, Some(&changed)).unwrap();
+    let d = dests(&ServiceId::sctp(ipa("10.96.1.29"), 90));
+    assert_eq!(d.keys().copied().collect::<Vec<_>>(), [pod_ip(0)], "SCTP: deleted, not drained");
+    assert!(dp.draining().is_empty());
+    for _ in 0..2 {
+        assert_eq!(lab.client.run(|| sctp(Some(client_ip()), sa("10.96.1.29:90"))).name(), NAMES[0]);
+    }
 }
 
 /// NodePort, externalIP and LB IP from the external client reach the backends masqueraded

@@ -2,14 +2,14 @@
 //! machinery is `tests/vmkit`, shared with `tests/scenarios_vm.rs`).
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::vmkit::{self, Cpio, Kernel};
 use crate::{cases, Args};
 
 /// Kernel modules loaded at boot: IPVS and every scheduler, dummy for the Service addresses, nf_tables and
-/// the expressions the companion table uses, veth for the traffic tests. Their dependencies come from
-/// `modprobe --show-depends`. (There is no modprobe in the guest: what is not here cannot be loaded.)
+/// the expressions the companion table uses, veth for the traffic tests, sctp for SCTP sockets. Their
+/// dependencies come from `modprobe --show-depends`. (There is no modprobe in the guest: what is not here cannot be loaded.)
 const MODULES: &[&str] = &[
     "ip_vs",
     "ip_vs_rr",
@@ -26,6 +26,7 @@ const MODULES: &[&str] = &[
     "ip_vs_ovf",
     "ip_vs_mh",
     "veth",
+    "sctp",
     "dummy",
     "nf_tables",
     "nft_ct",
@@ -38,12 +39,8 @@ const MODULES: &[&str] = &[
     "nft_reject_ipv6",
 ];
 
-const INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sys /sys
-/bin/busybox mount -t devtmpfs dev /dev
-/bin/busybox --install -s /bin
-export PATH=/sbin:/bin
+/// The rest of the guest's `/init` (after [`vmkit::INIT_PREAMBLE`]).
+const INIT: &str = r#"
 for m in /modules/*.ko; do
   insmod "$m" || echo "init: insmod $m failed"
 done
@@ -78,9 +75,16 @@ pub fn main() {
     build_initramfs(&kernel, &initramfs, &args);
     let prepared = started.elapsed();
 
-    let timeout = vmkit::timeout(300);
+    let vm = vmkit::Vm {
+        memory_mb: 1024,
+        cpus: 2,
+        timeout: vmkit::timeout(600),
+        // The guest fails the run itself when a case outlives its deadline (guest.rs).
+        silence: crate::guest::DEADLINE + Duration::from_secs(60),
+        hide: None,
+    };
     let boot = Instant::now();
-    let run = vmkit::boot_vm(&kernel, &initramfs, timeout, 1024);
+    let run = vmkit::boot_vm(&kernel, &initramfs, &vm);
     let wall = boot.elapsed();
     let _ = std::fs::remove_file(&initramfs);
 
@@ -92,9 +96,9 @@ pub fn main() {
     );
     let Some(status) = run.exit else {
         panic!(
-            "the VM did not report a result within {}s (timed out, crashed, or /init failed); \
-             the serial console is above",
-            timeout.as_secs()
+            "the VM did not report a result ({}); the guest's output (vm|) and the kernel's console \
+             (vm-kernel|) are above",
+            run.killed.as_deref().unwrap_or("QEMU exited: the guest crashed or /init failed")
         );
     };
     if status != 0 {
@@ -111,7 +115,7 @@ fn build_initramfs(kernel: &Kernel, out: &Path, args: &Args) {
     }
     cpio.char_device("dev/console", 5, 1);
     cpio.char_device("dev/null", 1, 3);
-    cpio.file("init", 0o755, INIT.as_bytes().to_vec());
+    cpio.file("init", 0o755, format!("{}{INIT}", vmkit::INIT_PREAMBLE).into_bytes());
     let which = |name: &str| vmkit::which(name).unwrap_or_else(|| panic!("{name} is not installed"));
     let executables: Vec<(PathBuf, String)> = vec![
         (which("busybox"), "bin/busybox".to_string()),

@@ -80,23 +80,19 @@ impl Ns {
     /// A TCP server answering each line with `NAME PEER-ADDRESS`.
     pub fn tcp_server(&self, addr: SocketAddr, name: &'static str) {
         let listener = self.run(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind TCP {addr}: {e}")));
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                std::thread::spawn(move || {
-                    let peer = stream.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-                    let mut reader = BufReader::new(stream.try_clone().unwrap());
-                    let mut writer = stream;
-                    let mut line = String::new();
-                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-                        if writer.write_all(format!("{name} {peer}\n").as_bytes()).is_err() {
-                            break;
-                        }
-                        line.clear();
-                    }
-                });
-            }
+        serve_lines(listener, name);
+    }
+
+    /// An SCTP server (a one-to-one style socket, which reads and writes as TCP does) answering each line
+    /// with `NAME PEER-ADDRESS`.
+    pub fn sctp_server(&self, addr: SocketAddr, name: &'static str) {
+        let listener = self.run(move || {
+            let socket = sctp_socket(addr)?;
+            socket.bind(&addr.into())?;
+            socket.listen(16)?;
+            Ok::<_, std::io::Error>(TcpListener::from(socket))
         });
+        serve_lines(listener.unwrap_or_else(|e| panic!("SCTP server on {addr}: {e}")), name);
     }
 
     /// A UDP server answering each datagram with `NAME PEER-ADDRESS`.
@@ -109,6 +105,34 @@ impl Ns {
             }
         });
     }
+}
+
+/// Answers each line on each connection `listener` accepts with `NAME PEER-ADDRESS`, on threads of its own.
+fn serve_lines(listener: TcpListener, name: &'static str) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let peer = stream.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if writer.write_all(format!("{name} {peer}\n").as_bytes()).is_err() {
+                        break;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+}
+
+/// An SCTP one-to-one style socket (`SOCK_STREAM`, `IPPROTO_SCTP`) of `addr`'s family (needs the `sctp`
+/// module).
+fn sctp_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::from(libc::IPPROTO_SCTP)))
 }
 
 impl Drop for Ns {
@@ -301,6 +325,31 @@ pub fn tcp_connect(from: Option<IpAddr>, to: SocketAddr, timeout: Duration) -> (
 /// One TCP exchange from `from` to `to`, closed afterwards.
 pub fn tcp(from: Option<IpAddr>, to: SocketAddr) -> Outcome {
     tcp_connect(from, to, Duration::from_secs(2)).0
+}
+
+/// One SCTP association from `from` (any local address if `None`) to `to`: a blocking connect (it returns once
+/// the association is up, or after 2 s), one line sent, the answer read, closed afterwards.
+///
+/// A reject is an ICMP port unreachable, which Linux SCTP takes as a soft error while it sets an association
+/// up: connect() retransmits its INIT until the timeout, as for a drop, and only `SO_ERROR` then tells the
+/// two apart (ECONNREFUSED). Kube-proxy's reject is the same ICMP, so SCTP clients see it alike.
+pub fn sctp(from: Option<IpAddr>, to: SocketAddr) -> Outcome {
+    let timeout = Duration::from_secs(2);
+    let socket = sctp_socket(to).unwrap_or_else(|e| panic!("an SCTP socket (is the sctp module loaded?): {e}"));
+    socket.set_read_timeout(Some(timeout)).unwrap();
+    socket.set_write_timeout(Some(timeout)).unwrap();
+    if let Some(ip) = from {
+        socket.bind(&SocketAddr::new(ip, 0).into()).unwrap_or_else(|e| panic!("bind {ip}: {e}"));
+    }
+    if let Err(e) = socket.connect(&to.into()) {
+        return match socket.take_error() {
+            Ok(Some(soft)) if soft.kind() == std::io::ErrorKind::ConnectionRefused => Outcome::Refused,
+            _ => classify(&e),
+        };
+    }
+    let stream = TcpStream::from(socket);
+    let mut held = Held { reader: BufReader::new(stream.try_clone().unwrap()), stream };
+    held.ask()
 }
 
 /// One UDP exchange from a new socket on `from` to `to`.
