@@ -87,6 +87,7 @@ impl Daemon {
         manifests: &Path,
         log: &Path,
         path_first: Option<&Path>,
+        extra_args: &[std::ffi::OsString],
     ) -> anyhow::Result<Daemon> {
         let mut path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
         if let Some(first) = path_first {
@@ -94,12 +95,17 @@ impl Daemon {
             dirs.extend(std::env::split_paths(&path));
             path = std::env::join_paths(dirs).context("PATH")?;
         }
-        let mut child = node
-            .command(binary)
+        // The eBPF dataplane (given `--ebpf-cgroup`) needs the host's /sys.
+        let mut cmd = match extra_args.iter().any(|a| a == "--ebpf-cgroup") {
+            true => node.command_keeping_sys(binary),
+            false => node.command(binary),
+        };
+        let mut child = cmd
             .args(["run", "--manifests"])
             .arg(manifests)
             .args(["--node-name", "bench-node", "--min-sync-period", "0s", "--cluster-cidr", netns::CLUSTER_CIDR])
             .args(["--healthz-bind-address", HEALTHZ, "--metrics-bind-address", "127.0.0.1:10249"])
+            .args(extra_args)
             .env("RUST_LOG", "info")
             .env("PATH", path)
             .stdin(Stdio::null())

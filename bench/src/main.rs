@@ -355,20 +355,77 @@ fn daemon_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 /// first on the daemon's PATH until the full sync is done, then removed); up to `--list-max` Services also of
 /// the table as `nft list table` prints it.
 fn run_nftables(ctx: &Ctx, n: usize) -> anyhow::Result<Outcome> {
-    let work = ctx.workdir.join(format!("nftables-{n}"));
+    run_daemon(ctx, n, None)
+}
+
+/// eBPF socket-LB: the same measurements as [`run_nftables`], with the daemon's programs attached to a cgroup
+/// of the benchmark's own (and maps pinned in a bpffs directory of its own) and the client's connects made
+/// from inside that cgroup, so the connect() hook rewrites them. Its kernel baseline is `nft -f` of the
+/// nftables part of its full sync (the table it keeps for north-south traffic), so the ratio shows what the
+/// BPF map writes and the daemon add to it; the one-endpoint check reads that table too.
+fn run_ebpf(ctx: &Ctx, n: usize) -> anyhow::Result<Outcome> {
+    let Some(root) = cgroup2_root() else {
+        return Ok(Outcome::Unavailable("no cgroup2 mount on this machine".into()));
+    };
+    let cgroup = root.join(format!("sybench-{}", std::process::id()));
+    let pins = PathBuf::from(format!("/sys/fs/bpf/sybench-{}", std::process::id()));
+    std::fs::create_dir_all(&cgroup).with_context(|| format!("creating the cgroup {}", cgroup.display()))?;
+    let _cleanup = EbpfCleanup { cgroup: cgroup.clone(), root, pins: pins.clone() };
+    run_daemon(ctx, n, Some(Ebpf { cgroup, pins }))
+}
+
+/// Where the eBPF dataplane attaches and pins in a benchmark run.
+struct Ebpf {
+    cgroup: PathBuf,
+    pins: PathBuf,
+}
+
+/// Puts this process back in the cgroup2 root and removes the benchmark's cgroup and pins.
+struct EbpfCleanup {
+    cgroup: PathBuf,
+    root: PathBuf,
+    pins: PathBuf,
+}
+
+impl Drop for EbpfCleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.root.join("cgroup.procs"), std::process::id().to_string());
+        let _ = std::fs::remove_dir(&self.cgroup);
+        let _ = std::fs::remove_dir_all(&self.pins);
+    }
+}
+
+/// The cgroup2 mount point.
+fn cgroup2_root() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (post.split_whitespace().next()? == "cgroup2").then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+/// The daemon with the nftables dataplane, or with `ebpf` the eBPF one.
+fn run_daemon(ctx: &Ctx, n: usize, ebpf: Option<Ebpf>) -> anyhow::Result<Outcome> {
+    let name = if ebpf.is_some() { "ebpf" } else { "nftables" };
+    let work = ctx.workdir.join(format!("{name}-{n}"));
     std::fs::create_dir_all(&work)?;
     let manifests = manifests::Manifests::write(&work.join("manifests"), n, ctx.m)?;
     let recorded = work.join("full-sync.nft");
     let _ = std::fs::remove_file(&recorded);
     let wrapper_dir = work.join("bin");
     let wrapper = write_nft_wrapper(&wrapper_dir, &ctx.nft, &recorded)?;
-    let topo = Topology::new(&format!("nft{n}"), ctx.m + 1)?;
+    let topo = Topology::new(&format!("{}{n}", &name[..4]), ctx.m + 1)?;
     let _listener = probe::Listener::start(&topo)?;
 
     // Full sync: from starting the process to /healthz 200.
     let t0 = SystemTime::now();
     let i0 = Instant::now();
-    let mut d = Daemon::start(&ctx.daemon, &topo.node, &manifests.dir, &work.join("daemon.log"), Some(&wrapper_dir))?;
+    let extra: Vec<std::ffi::OsString> = match &ebpf {
+        Some(e) => vec!["--dataplane".into(), "ebpf".into(), "--ebpf-cgroup".into(), e.cgroup.clone().into(), "--bpffs-dir".into(), e.pins.clone().into()],
+        None => Vec::new(),
+    };
+    let mut d =
+        Daemon::start(&ctx.daemon, &topo.node, &manifests.dir, &work.join("daemon.log"), Some(&wrapper_dir), &extra)?;
     let ready = d.wait_healthy(&topo.node, ctx.timeout)?;
     let full = ready - i0;
     let full_cpu = d.cpu()?;
@@ -402,7 +459,28 @@ fn run_nftables(ctx: &Ctx, n: usize) -> anyhow::Result<Outcome> {
         }
     }
 
-    let latency = probe::measure(&topo, ctx.connects)?;
+    // With eBPF the client's connects come from inside the hooked cgroup (this whole process, for the
+    // measurement: a thread cannot be moved alone).
+    if let Some(e) = &ebpf {
+        std::fs::write(e.cgroup.join("cgroup.procs"), std::process::id().to_string())
+            .context("moving the benchmark into its cgroup")?;
+    }
+    let latency = probe::measure(&topo, ctx.connects);
+    if ebpf.is_some() {
+        let root = cgroup2_root().context("cgroup2")?;
+        std::fs::write(root.join("cgroup.procs"), std::process::id().to_string())
+            .context("moving the benchmark back to the cgroup2 root")?;
+    }
+    let latency = latency?;
+    if ebpf.is_some() {
+        // The socket hooks rewrote the connects, or the nftables fallback DNATed them: the node's conntrack
+        // table tells (a socket-LB connection is never NATed).
+        let natted = netns::check(topo.node.command("conntrack").args(["-L", "--dst-nat"]))?;
+        let count = natted.lines().filter(|l| l.contains("dst=10.96.")).count();
+        if count > 0 {
+            bail!("{count} connections to a ClusterIP were DNATed by the node's nftables table, not rewritten by the socket hooks");
+        }
+    }
     let rss_kib = d.peak_rss_kib()?;
     let rss_end_kib = d.rss_kib()?;
     d.stop();
@@ -449,7 +527,7 @@ fn run_nftables(ctx: &Ctx, n: usize) -> anyhow::Result<Outcome> {
         before_sync,
         sync_ms: first.elapsed_ms,
         full_cpu,
-        kernel_how: "nft -f",
+        kernel_how: if ebpf.is_some() { "nft -f of its nftables part" } else { "nft -f" },
         kernel,
         kernel_input,
         listing,
@@ -523,13 +601,9 @@ fn write_nft_wrapper(dir: &Path, nft: &Path, record: &Path) -> anyhow::Result<Pa
 /// same virtual services (plus the nftables table the dataplane keeps for what IPVS cannot express) as the
 /// kernel baseline.
 fn run_ipvs(_ctx: &Ctx, _n: usize) -> anyhow::Result<Outcome> {
-    Ok(Outcome::Unavailable("not available in this build".into()))
-}
-
-/// eBPF socket-LB: to be written with the dataplane, measuring what `run_nftables` does; its kernel baseline
-/// is loading the same maps in one go.
-fn run_ebpf(_ctx: &Ctx, _n: usize) -> anyhow::Result<Outcome> {
-    Ok(Outcome::Unavailable("not available in this build".into()))
+    Ok(Outcome::Unavailable(
+        "not measured: the benchmark has no IPVS runner yet, and this machine's kernel has no IPVS (the IPVS tests boot another kernel in a VM)".into(),
+    ))
 }
 
 /// kube-proxy's iptables-mode rules for the same Services, loaded with iptables-restore in a proxy node of

@@ -156,6 +156,14 @@ impl Netns {
         cmd
     }
 
+    /// Like [`Netns::command`], but with `nsenter --net` (which also execs), which keeps the host's `/sys`:
+    /// `ip netns exec` mounts a fresh one, where the host's cgroup2 hierarchy and bpffs are not.
+    pub fn command_keeping_sys(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name)).arg(program);
+        cmd
+    }
+
     /// Sets a sysctl of this namespace (`net.ipv4.ip_forward`).
     pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
         let path = Path::new("/proc/sys").join(key.replace('.', "/"));
