@@ -131,6 +131,16 @@ impl TableState {
         }
     }
 
+    /// Before a sync: blocks handed out by an earlier one and not committed (its Service port was unchanged
+    /// or failed) are free again; a route asks anew.
+    fn forget_pending_blocks(&mut self) {
+        for (route, (base, _)) in std::mem::take(&mut self.pending_blocks) {
+            if self.route_blocks.get(&route).map(|b| b.0) != Some(base) {
+                self.slot_blocks.remove(&base);
+            }
+        }
+    }
+
     /// After a failed transaction: the blocks newly allocated for it are free again.
     fn forget_blocks(&mut self, new: Option<&BTreeMap<String, (u32, u32)>>) {
         for (route, block) in new.into_iter().flatten() {
@@ -172,6 +182,7 @@ impl NftablesDataplane {
         let t = Self::table(family);
         let settings = self.settings.clone();
         let state = self.tables.entry(family).or_default();
+        state.forget_pending_blocks();
         let plans: BTreeMap<String, &ServicePlan> = match changed {
             Some(keys) => keys
                 .iter()
@@ -244,28 +255,44 @@ impl NftablesDataplane {
         let script_of = |items: &[(String, Option<ServiceObjects>, bool)], state: &TableState| {
             let mut s = skeleton.clone();
             let mut refs = state.cluster_ip_refs.clone();
-            for (key, new, _) in items {
-                let empty = Programmed::default();
-                let old = state.services.get(key).unwrap_or(&empty);
-                diff(&mut s, &t, family, old, new.as_ref());
-                count_cluster_ips(&mut refs, old, new.as_ref());
+            let empty = Programmed::default();
+            let old = |key: &String| state.services.get(key).unwrap_or(&empty);
+            for phase in [Phase::Remove, Phase::Add] {
+                for (key, new, _) in items {
+                    diff(&mut s, &t, family, old(key), new.as_ref(), phase);
+                }
             }
-            cluster_ip_changes(&mut s, &t, &state.cluster_ips, &refs);
-            s
+            for (key, new, _) in items {
+                count_cluster_ips(&mut refs, old(key), new.as_ref());
+            }
+            let ips = cluster_ip_changes(&mut s, &t, &state.cluster_ips, &refs);
+            (s, ips)
         };
-        let script = script_of(&work, state);
+        let (script, ips) = script_of(&work, state);
         if work.is_empty() {
             // Only the skeleton: nothing to fall back to, the caller restores and retries.
             self.nft.apply(&script)?;
             state.applied_node = Some(node.clone());
             return Ok(());
         }
+        // The `cluster-ips` changes of every script the kernel took: `state.cluster_ips` mirrors the kernel.
+        let mut ips_applied = Vec::new();
         let applied: Vec<bool> = match self.nft.apply(&script) {
-            Ok(()) => vec![true; work.len()],
+            Ok(()) => {
+                ips_applied.push(ips);
+                vec![true; work.len()]
+            }
             Err(e) if work.len() > 1 => {
                 warn!(error = %e, services = work.len(), "nftables batch rejected; applying Service ports one by one");
                 work.iter()
-                    .map(|item| self.nft.apply(&script_of(std::slice::from_ref(item), state)))
+                    .map(|item| {
+                        let (script, ips) = script_of(std::slice::from_ref(item), state);
+                        let r = self.nft.apply(&script);
+                        if r.is_ok() {
+                            ips_applied.push(ips);
+                        }
+                        r
+                    })
                     .zip(&work)
                     .map(|(r, (key, _, _))| match r {
                         Ok(()) => true,
@@ -288,20 +315,19 @@ impl NftablesDataplane {
         if applied.iter().any(|&ok| ok) {
             state.applied_node = Some(node.clone());
         }
+        for (gone, added) in ips_applied {
+            for ip in gone {
+                state.cluster_ips.remove(&ip);
+            }
+            state.cluster_ips.extend(added);
+        }
         for ((key, new, conflict), ok) in work.into_iter().zip(applied) {
             if !ok {
                 state.forget_blocks(new.as_ref().map(|n| &n.slot_blocks));
                 continue;
             }
             let empty = Programmed::default();
-            let touched = count_cluster_ips(&mut state.cluster_ip_refs, state.services.get(&key).unwrap_or(&empty), new.as_ref());
-            // What the kernel's `cluster-ips` set now holds.
-            for ip in touched {
-                match state.cluster_ip_refs.contains_key(&ip) {
-                    true => state.cluster_ips.insert(ip),
-                    false => state.cluster_ips.remove(&ip),
-                };
-            }
+            count_cluster_ips(&mut state.cluster_ip_refs, state.services.get(&key).unwrap_or(&empty), new.as_ref());
             if let Some(old) = state.services.remove(&key) {
                 for e in dispatch_keys(&old.elements) {
                     if state.owners.get(e) == Some(&key) {
@@ -376,9 +402,8 @@ fn cluster_ips_of(elements: &BTreeMap<(MapName, String), String>) -> BTreeSet<Ip
         .collect()
 }
 
-/// Moves the ClusterIP reference counts from `old` to `new`; returns the ClusterIPs of either.
-fn count_cluster_ips(refs: &mut HashMap<IpAddr, usize>, old: &Programmed, new: Option<&ServiceObjects>) -> Vec<IpAddr> {
-    let mut touched = Vec::new();
+/// Moves the ClusterIP reference counts from `old` to `new`.
+fn count_cluster_ips(refs: &mut HashMap<IpAddr, usize>, old: &Programmed, new: Option<&ServiceObjects>) {
     for ip in cluster_ips_of(&old.elements) {
         if let Some(n) = refs.get_mut(&ip) {
             *n -= 1;
@@ -386,38 +411,56 @@ fn count_cluster_ips(refs: &mut HashMap<IpAddr, usize>, old: &Programmed, new: O
                 refs.remove(&ip);
             }
         }
-        touched.push(ip);
     }
     for ip in new.map(|n| cluster_ips_of(&n.elements)).unwrap_or_default() {
         *refs.entry(ip).or_default() += 1;
-        touched.push(ip);
     }
-    touched
 }
 
-/// Appends the `cluster-ips` set changes that make it hold exactly the referenced ClusterIPs.
-fn cluster_ip_changes(s: &mut String, t: &str, present: &HashSet<IpAddr>, refs: &HashMap<IpAddr, usize>) {
-    let mut gone: Vec<&IpAddr> = present.iter().filter(|ip| !refs.contains_key(ip)).collect();
-    let mut new: Vec<&IpAddr> = refs.keys().filter(|ip| !present.contains(ip)).collect();
+/// Appends the `cluster-ips` set changes that make it hold exactly the referenced ClusterIPs; returns them
+/// (gone, added).
+fn cluster_ip_changes(
+    s: &mut String,
+    t: &str,
+    present: &HashSet<IpAddr>,
+    refs: &HashMap<IpAddr, usize>,
+) -> (Vec<IpAddr>, Vec<IpAddr>) {
+    let mut gone: Vec<IpAddr> = present.iter().filter(|ip| !refs.contains_key(ip)).copied().collect();
+    let mut new: Vec<IpAddr> = refs.keys().filter(|ip| !present.contains(ip)).copied().collect();
     gone.sort();
     new.sort();
-    for ip in gone {
+    for ip in &gone {
         writeln!(s, "delete element {t} {} {{ {ip} }}", translate::CLUSTER_IPS).expect("write to String");
     }
-    for ip in new {
+    for ip in &new {
         writeln!(s, "add element {t} {} {{ {ip} }}", translate::CLUSTER_IPS).expect("write to String");
     }
+    (gone, new)
+}
+
+/// Which half of a Service port's changes [`diff`] writes. A batch writes every Service port's removals
+/// before any one's additions, so that a Service port can take over an address another one gives up in
+/// the same transaction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Unlink, flush and delete what `new` no longer has.
+    Remove,
+    /// Create and link what `new` has that `old` does not.
+    Add,
 }
 
 /// Appends to `s` the commands that turn `old` into `new` (or remove `old` when `new` is `None`), in an
 /// order the kernel accepts within one transaction: unlink, flush, delete, then create and link.
-fn diff(s: &mut String, t: &str, family: Family, old: &Programmed, new: Option<&ServiceObjects>) {
+fn diff(s: &mut String, t: &str, family: Family, old: &Programmed, new: Option<&ServiceObjects>, phase: Phase) {
     let empty = ServiceObjects::default();
     let new = new.unwrap_or(&empty);
     let mut w = |line: String| {
         s.push_str(&line);
         s.push('\n');
     };
+    if phase == Phase::Add {
+        return diff_add(&mut w, t, family, old, new);
+    }
     // Elements go one command per map: one netlink message for many elements.
     let mut gone: BTreeMap<MapName, Vec<&str>> = BTreeMap::new();
     for ((map, k), v) in &old.elements {
@@ -432,10 +475,12 @@ fn diff(s: &mut String, t: &str, family: Family, old: &Programmed, new: Option<&
         w(format!("flush chain {t} {c}"));
     }
     // Scheduler maps point at endpoint chains: empty or remove them before any chain goes.
+    // (Flushed before a delete too: kernels before 6.4 refuse to delete a chain that elements of a map deleted in
+    // the same transaction still name.)
     for map in &old.maps {
-        match new.maps.contains_key(map) {
-            true => w(format!("flush map {t} {map}")),
-            false => w(format!("delete map {t} {map}")),
+        w(format!("flush map {t} {map}"));
+        if !new.maps.contains_key(map) {
+            w(format!("delete map {t} {map}"));
         }
     }
     for c in old.chains.iter().filter(|c| !new.chains.contains_key(*c)) {
@@ -446,6 +491,10 @@ fn diff(s: &mut String, t: &str, family: Family, old: &Programmed, new: Option<&
             w(format!("delete set {t} {set}"));
         }
     }
+}
+
+/// The second half of [`diff`]: what `new` creates and links.
+fn diff_add(w: &mut dyn FnMut(String), t: &str, family: Family, old: &Programmed, new: &ServiceObjects) {
     let addr_type = match family {
         Family::V4 => "ipv4_addr",
         Family::V6 => "ipv6_addr",

@@ -149,7 +149,7 @@ pub struct Programmed {
 pub struct Restored {
     /// Per Service key.
     pub services: HashMap<String, Programmed>,
-    /// Backend (endpoint chain) name -> its conntrack mark.
+    /// Backend ([`names::endpoint`] name) -> its conntrack mark.
     pub marks: HashMap<String, u32>,
 }
 

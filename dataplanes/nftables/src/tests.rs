@@ -207,6 +207,40 @@ fn conflicting_frontends_do_not_block_others() {
     assert!(s.contains("add element ip switchyard no-endpoint-services { 10.96.0.10 . tcp . 80 comment \"ClusterIP\" : goto service-demo/b/tcp/- }"), "{s}");
 }
 
+/// A Service port that takes over an address another one gives up in the same batch is written after the
+/// other's removal, whatever their names' order: the kernel refuses a second element for one key.
+#[test]
+fn removals_of_a_batch_come_before_its_additions() {
+    let svc = |name: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{{port: 80}}]\n")
+    };
+    let mut store = Store::new(PlanOptions::new("node-a"));
+    for o in manifest::parse(&svc("z")).0 {
+        store.handle(Event::Apply(o));
+    }
+    store.recompute();
+    let (mut dp, fake) = dataplane(Settings::default());
+    dp.sync(&store.node_plan(), store.plans(), None).unwrap();
+    fake.take();
+
+    let key = |name: &str| switchyard_model::store::ObjectKey {
+        kind: switchyard_model::store::Kind::Service,
+        namespace: "demo".into(),
+        name: name.into(),
+    };
+    store.handle(Event::Delete(key("z")));
+    for o in manifest::parse(&svc("a")).0 {
+        store.handle(Event::Apply(o));
+    }
+    let (changed, _) = store.recompute();
+    let report = dp.sync(&store.node_plan(), store.plans(), Some(&changed)).unwrap();
+    assert_eq!((report.written, report.removed), (1, 1), "{report:?}");
+    let s = fake.take().join("");
+    let gone = s.find("delete element ip switchyard no-endpoint-services { 10.96.0.10 . tcp . 80 }").expect(&s);
+    let added = s.find("add element ip switchyard no-endpoint-services { 10.96.0.10 . tcp . 80").expect(&s);
+    assert!(gone < added, "{s}");
+}
+
 /// Names parse back to the Service port they were made from, for every protocol and unnamed ports.
 #[test]
 fn names_round_trip() {

@@ -139,6 +139,32 @@ fn restart_keeps_slots_and_marks_apart() {
     assert_eq!(text.matches(" : 0x").count(), 4, "one slot per backend of a and c, none left over:\n{text}");
 }
 
+/// A ClusterIP in the kernel's `cluster-ips` set that no Service port has (left by an earlier run) is
+/// removed once, and later changes still apply.
+#[test]
+fn stray_cluster_ip_is_removed_once() {
+    let ns = Netns::new("stray");
+    let desired = plans("basic.yaml");
+    let mut dp = ns.dataplane();
+    dp.restore().unwrap();
+    dp.sync(&NodePlan::default(), &desired, None).unwrap();
+    let nft = |args: &[&str]| {
+        let out = Command::new("ip").args(["netns", "exec", &ns.0, "nft"]).args(args).output().unwrap();
+        assert!(out.status.success(), "nft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    nft(&["add", "element", "ip", "switchyard", "cluster-ips", "{ 10.96.9.9 }"]);
+
+    let mut again = ns.dataplane();
+    again.restore().unwrap();
+    let fewer: BTreeMap<_, _> = desired.iter().filter(|(k, _)| k.0.name != "web").map(|(k, v)| (k.clone(), v.clone())).collect();
+    let report = again.sync(&NodePlan::default(), &fewer, None).unwrap();
+    assert_eq!((report.removed, report.failed.len()), (1, 0), "{report:?}");
+    assert!(!nft(&["list", "set", "ip", "switchyard", "cluster-ips"]).contains("10.96.9.9"));
+    let report = again.sync(&NodePlan::default(), &desired, None).unwrap();
+    assert_eq!((report.written, report.failed.len()), (1, 0), "{report:?}");
+}
+
 /// Removing Service ports removes all of their objects and nothing else; cleanup removes the tables.
 #[test]
 fn prune_and_cleanup() {
