@@ -192,6 +192,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     if !swept.is_empty() {
         eprintln!("removed {} namespaces left by earlier runs: {}", swept.len(), swept.join(" "));
     }
+    sweep_ebpf();
     if args.cleanup {
         return Ok(());
     }
@@ -392,6 +393,33 @@ impl Drop for EbpfCleanup {
         let _ = std::fs::write(self.root.join("cgroup.procs"), std::process::id().to_string());
         let _ = std::fs::remove_dir(&self.cgroup);
         let _ = std::fs::remove_dir_all(&self.pins);
+    }
+}
+
+/// Removes the cgroups and bpffs pins (programs, links, maps) of eBPF runs whose process is gone.
+fn sweep_ebpf() {
+    let dead = |name: &str| {
+        name.strip_prefix("sybench-")
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists())
+    };
+    let dirs = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| dead(&e.file_name().to_string_lossy()))
+            .map(|e| e.path())
+            .collect()
+    };
+    for pins in dirs(Path::new("/sys/fs/bpf")) {
+        eprintln!("removing {} left by an earlier run", pins.display());
+        let _ = std::fs::remove_dir_all(&pins);
+    }
+    if let Some(root) = cgroup2_root() {
+        for cgroup in dirs(&root) {
+            let _ = std::fs::remove_dir(&cgroup);
+        }
     }
 }
 

@@ -72,12 +72,14 @@ pub const ALL_MAPS: [&str; 11] = [
     UDP_FLOWS_MAP,
 ];
 
+// The maps below are not preallocated (except the LRU ones), so a large capacity costs kernel memory only
+// as entries are written. Sized for 50,000 Services × 10 endpoints with room for a full rewrite of slots.
 /// Capacity of [`SERVICES_MAP`] (frontends).
-pub const MAX_SERVICES: u32 = 65_536;
+pub const MAX_SERVICES: u32 = 1 << 18;
 /// Capacity of [`SLOTS_MAP`].
-pub const MAX_SLOTS: u32 = 1 << 20;
+pub const MAX_SLOTS: u32 = 1 << 22;
 /// Capacity of [`BACKENDS_MAP`], [`CONNS_MAP`] and [`STATS_MAP`].
-pub const MAX_BACKENDS: u32 = 65_536;
+pub const MAX_BACKENDS: u32 = 1 << 20;
 /// Capacity of [`AFFINITY_MAP`].
 pub const MAX_AFFINITY: u32 = 65_536;
 /// Capacity of [`SOCKETS_MAP`].
