@@ -221,7 +221,24 @@ pub fn lookup<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, key: &K) -> Result<O
 
 /// Inserts or replaces an entry.
 pub fn put<K: Pod, V: Pod>(map: &mut HashMap<MapData, K, V>, name: &str, key: &K, value: &V) -> Result<()> {
-    map.insert(key, value, 0).map_err(|e| KernelError::io(format!("writing {name}"), e))
+    retry_enomem(|| map.insert(key, value, 0)).map_err(|e| KernelError::io(format!("writing {name}"), e))
+}
+
+/// Runs a map insert again while it fails with ENOMEM, a few times with growing pauses. Hash maps without
+/// preallocation take their elements from per-CPU caches that the kernel refills asynchronously
+/// (bpf_mem_alloc): a burst of inserts (a full sync of 10,000 Services) can find them empty.
+fn retry_enomem(mut insert: impl FnMut() -> std::result::Result<(), MapError>) -> std::result::Result<(), MapError> {
+    let mut wait = std::time::Duration::from_millis(1);
+    for _ in 0..8 {
+        match insert() {
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(nix::libc::ENOMEM) => {
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+            other => return other,
+        }
+    }
+    insert()
 }
 
 /// Deletes an entry; an entry already gone is success.
@@ -247,7 +264,11 @@ fn stats_map_insert(
     id: u32,
     values: PerCpuValues<BackendStats>,
 ) -> Result<()> {
-    map.insert(id, values, 0).map_err(|e| KernelError::io(format!("writing {STATS_MAP}"), e))
+    retry_enomem(|| {
+        let copy = PerCpuValues::try_from(values.iter().copied().collect::<Vec<_>>())?;
+        map.insert(id, copy, 0)
+    })
+    .map_err(|e| KernelError::io(format!("writing {STATS_MAP}"), e))
 }
 
 /// A backend's counters summed over the CPUs (zero if it has none).
