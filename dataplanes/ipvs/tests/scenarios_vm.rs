@@ -310,7 +310,7 @@ fn cargo_artifact(root: &Path, args: &[&str], target: &str) -> (PathBuf, PathBuf
     }
     let out = cmd
         .args(args)
-        .arg("--message-format=json-render-diagnostics")
+        .args(["--locked", "--message-format=json-render-diagnostics"])
         .arg("--manifest-path")
         .arg(root.join("Cargo.toml"))
         .current_dir(root)
