@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use crate::netns::Netns;
 
-/// How long [`Daemon::start`] waits for `/healthz` by default.
+/// How long [`Daemon::start`] waits for `/healthz` by default (times `SWITCHYARD_SCENARIO_TIME_SCALE`).
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The `switchyard` binary next to the running test executable. Panics, saying how to build it, if missing.
@@ -188,7 +188,7 @@ impl<'a> Daemon<'a> {
             d.write_manifest(name, content);
         }
         d.spawn();
-        d.wait_healthy(START_TIMEOUT);
+        d.wait_healthy(START_TIMEOUT.mul_f64(crate::scenario::time_scale()));
         d
     }
 
@@ -361,7 +361,7 @@ impl<'a> Daemon<'a> {
     /// Starts the daemon again with the same flags and manifests directory and waits for `/healthz`.
     pub fn start_again(&mut self) {
         self.spawn();
-        self.wait_healthy(START_TIMEOUT);
+        self.wait_healthy(START_TIMEOUT.mul_f64(crate::scenario::time_scale()));
     }
 
     /// [`stop`](Self::stop) then [`start_again`](Self::start_again).

@@ -284,9 +284,9 @@ pub fn check_exclusions(dir: &Path) {
 /// A refusal slower than this is not "at once".
 const AT_ONCE: Duration = Duration::from_millis(500);
 
-/// `SWITCHYARD_SCENARIO_TIME_SCALE` (default 1): multiplies every try's timeout and [`AT_ONCE`], for slow
-/// machines (an emulated VM). Set only there: the defaults are what the scenarios are written for.
-fn time_scale() -> f64 {
+/// `SWITCHYARD_SCENARIO_TIME_SCALE` (default 1): multiplies every try's timeout, [`AT_ONCE`] and the daemon's
+/// start timeout, for slow machines (an emulated VM). Set only there: the defaults are what the scenarios are written for.
+pub fn time_scale() -> f64 {
     std::env::var("SWITCHYARD_SCENARIO_TIME_SCALE")
         .ok()
         .and_then(|s| s.parse().ok())
