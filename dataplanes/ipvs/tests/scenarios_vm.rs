@@ -86,9 +86,11 @@ const DIAGNOSE: &str = "echo '## ipvs-list'; ipvs-list 2>&1; echo '## ip addr sh
 /// (sysrq `l` and `w`, on the kernel's console), killed with everything it started, and the next one runs. If
 /// even SIGKILL cannot end it (a task stuck in the kernel), the guest reports failure and powers off. So a
 /// run always ends with a verdict per scenario.
+///
+/// `/tmp` stays the initramfs's own (writable) directory: the scenario files are packed at their host path,
+/// which is under `/tmp` when the workspace is (a CI clone), and a tmpfs mounted there would hide them.
 const INIT: &str = r##"
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
 mkdir -p /run/netns /var
 ln -s /run /var/run
 for m in /modules/*.ko; do
