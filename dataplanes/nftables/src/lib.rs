@@ -475,8 +475,8 @@ fn diff(s: &mut String, t: &str, family: Family, old: &Programmed, new: Option<&
         w(format!("flush chain {t} {c}"));
     }
     // Scheduler maps point at endpoint chains: empty or remove them before any chain goes.
-    // (Flushed before a delete too: kernels before 6.4 refuse to delete a chain that elements of a map deleted in
-    // the same transaction still name.)
+    // (Flushed before a delete too, so that no element still names an endpoint chain when that chain is
+    // deleted later in the transaction, whatever order the kernel releases a deleted map's references in.)
     for map in &old.maps {
         w(format!("flush map {t} {map}"));
         if !new.maps.contains_key(map) {
