@@ -9,6 +9,7 @@ mod manifests;
 mod netns;
 mod probe;
 mod report;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -76,6 +77,21 @@ pub struct Args {
     /// A note for the report's header (e.g. what else ran on the machine).
     #[arg(long)]
     note: Option<String>,
+    /// Where this kernel has no IPVS, do not boot a VM for it (IPVS is then reported as failed).
+    #[arg(long)]
+    no_vm: bool,
+    /// The IPVS VM's memory in MiB (the daemon alone needs about 1.5 GiB at 50,000 × 10).
+    #[arg(long, default_value_t = 8192)]
+    vm_memory: u32,
+    /// The IPVS VM's CPUs.
+    #[arg(long, default_value_t = 2)]
+    vm_cpus: u32,
+    /// Longest the IPVS VM may run, boot to power-off.
+    #[arg(long, default_value = "4h", value_parser = humantime::parse_duration)]
+    vm_timeout: Duration,
+    /// Inside the IPVS VM: print each measurement as a JSON line for the host instead of a report.
+    #[arg(long, hide = true)]
+    in_vm: bool,
     /// Only remove the namespaces (and their processes) left behind by runs that were killed, then exit
     /// (every run does this first).
     #[arg(long)]
@@ -98,7 +114,7 @@ pub struct Ctx {
 }
 
 /// One one-endpoint change.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Change {
     /// From just before the rename to the `synced` line's timestamp.
     pub total: Duration,
@@ -107,7 +123,7 @@ pub struct Change {
 }
 
 /// A dataplane's measurements at one size.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Row {
     pub n: usize,
     /// Daemon start to `/healthz` 200.
@@ -119,9 +135,12 @@ pub struct Row {
     /// CPU time until the full sync was done: the daemon's own, and its `nft` children's.
     pub full_cpu: (Duration, Duration),
     /// How the kernel baseline loads the state, e.g. "nft -f".
-    pub kernel_how: &'static str,
+    pub kernel_how: String,
     /// The kernel baseline: loading the same state in one go into a fresh namespace.
     pub kernel: Duration,
+    /// The baseline's parts, when it has several: how, and how long.
+    #[serde(default)]
+    pub kernel_parts: Vec<(String, Duration)>,
     /// Size of what the baseline loads: (lines, bytes).
     pub kernel_input: (usize, u64),
     /// The state as the kernel lists it, when measured: listing time, its size (lines, bytes), and loading it.
@@ -138,7 +157,7 @@ pub struct Row {
 }
 
 /// What running a dataplane at one size gave.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     Measured(Box<Row>),
     Unavailable(String),
@@ -146,7 +165,7 @@ pub enum Outcome {
 }
 
 /// The kube-proxy iptables peer at one size.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Peer {
     pub n: usize,
     pub rules: usize,
@@ -155,7 +174,7 @@ pub struct Peer {
 }
 
 /// `nft list table` of the programmed state, and `nft -f` of that listing into a fresh namespace.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Listing {
     pub list: Duration,
     pub size: (usize, u64),
@@ -168,6 +187,10 @@ pub struct Results {
     pub name: &'static str,
     pub title: &'static str,
     pub rows: Vec<(usize, Outcome)>,
+    /// Where the measurements were taken, when not on this machine's kernel (the IPVS VM).
+    pub place: Option<String>,
+    /// The kube-proxy peer measured with these rows, when not the run's own (in the IPVS VM).
+    pub peers: Option<Vec<(usize, Result<Peer, String>)>>,
 }
 
 type Runner = fn(&Ctx, usize) -> anyhow::Result<Outcome>;
@@ -202,7 +225,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     if args.sizes.iter().any(|&n| n == 0 || n > 1_000_000) {
         bail!("--sizes must be between 1 and 1,000,000");
     }
-    for d in &args.dataplanes {
+    for d in args.dataplanes.iter().filter(|d| !d.is_empty()) {
         if !DATAPLANES.iter().any(|(name, _, _)| name == d) {
             bail!("unknown dataplane {d:?}; known: nftables, ipvs, ebpf");
         }
@@ -214,7 +237,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         require_tool(args.iptables.restore_binary(), "iptables")?;
     }
 
-    let machine = report::Machine::probe(&daemon);
+    // Without IPVS in this kernel, IPVS is measured in a VM after the rest.
+    let ipvs_in_vm = !args.in_vm && args.dataplanes.iter().any(|d| d == "ipvs") && !host_has_ipvs();
+    let machine = if args.in_vm { None } else { Some(report::Machine::probe(&daemon)) };
     let workdir = match &args.workdir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("sybench-{}", std::process::id())),
@@ -240,12 +265,15 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     let mut results: Vec<Results> = DATAPLANES
         .iter()
         .filter(|(name, _, _)| args.dataplanes.iter().any(|d| d == name))
-        .map(|(name, title, _)| Results { name, title, rows: Vec::new() })
+        .map(|(name, title, _)| Results { name, title, rows: Vec::new(), place: None, peers: None })
         .collect();
     let mut peers: Vec<(usize, Result<Peer, String>)> = Vec::new();
     let started = Instant::now();
     for &n in &args.sizes {
-        for Results { name, title, rows } in &mut results {
+        for Results { name, title, rows, .. } in &mut results {
+            if *name == "ipvs" && ipvs_in_vm {
+                continue;
+            }
             let run = DATAPLANES.iter().find(|(d, _, _)| d == name).expect("filtered above").2;
             eprintln!("== {title}: {n} Services × {} endpoints", ctx.m);
             let outcome = run(&ctx, n).unwrap_or_else(|e| Outcome::Failed(format!("{e:#}")));
@@ -253,6 +281,10 @@ fn real_main(args: Args) -> anyhow::Result<()> {
                 Outcome::Measured(r) => eprintln!("   {}", report::summary(r)),
                 Outcome::Unavailable(why) => eprintln!("   {why}"),
                 Outcome::Failed(e) => eprintln!("   FAILED: {e}"),
+            }
+            if args.in_vm {
+                vm::emit(&vm::GuestLine::Row(n, outcome));
+                continue;
             }
             rows.push((n, outcome));
         }
@@ -270,7 +302,34 @@ fn real_main(args: Args) -> anyhow::Result<()> {
                 ),
                 Err(e) => eprintln!("   FAILED: {e}"),
             }
+            if args.in_vm {
+                vm::emit(&vm::GuestLine::Peer(n, peer));
+                continue;
+            }
             peers.push((n, peer));
+        }
+    }
+    let Some(machine) = machine else {
+        // In the VM: the host reads the lines printed above and writes the report.
+        return Ok(());
+    };
+    if ipvs_in_vm {
+        let ipvs = results.iter_mut().find(|r| r.name == "ipvs").expect("selected");
+        if args.no_vm {
+            let why = "not measured: this kernel has no IPVS and --no-vm was given";
+            ipvs.rows = args.sizes.iter().map(|&n| (n, Outcome::Unavailable(why.into()))).collect();
+        } else {
+            match vm::run(&args, &ctx.daemon, &workdir) {
+                Ok(g) => {
+                    ipvs.rows = g.rows;
+                    ipvs.place = Some(g.about);
+                    ipvs.peers = (!args.skip_iptables).then_some(g.peers);
+                }
+                Err(e) => {
+                    eprintln!("   IPVS in the VM FAILED: {e:#}");
+                    ipvs.rows = args.sizes.iter().map(|&n| (n, Outcome::Failed(format!("{e:#}")))).collect();
+                }
+            }
         }
     }
 
@@ -289,7 +348,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         eprintln!("wrote {}", out.display());
     }
     let failed = results.iter().flat_map(|r| &r.rows).any(|(_, o)| matches!(o, Outcome::Failed(_)))
-        || peers.iter().any(|(_, p)| p.is_err());
+        || peers.iter().chain(results.iter().flat_map(|r| r.peers.iter().flatten())).any(|(_, p)| p.is_err());
     if failed {
         bail!("some measurements failed (see above)");
     }
@@ -356,7 +415,7 @@ fn daemon_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 /// first on the daemon's PATH until the full sync is done, then removed); up to `--list-max` Services also of
 /// the table as `nft list table` prints it.
 fn run_nftables(ctx: &Ctx, n: usize) -> anyhow::Result<Outcome> {
-    run_daemon(ctx, n, None)
+    run_daemon(ctx, n, Dp::Nftables)
 }
 
 /// eBPF socket-LB: the same measurements as [`run_nftables`], with the daemon's programs attached to a cgroup
@@ -372,7 +431,7 @@ fn run_ebpf(ctx: &Ctx, n: usize) -> anyhow::Result<Outcome> {
     let pins = PathBuf::from(format!("/sys/fs/bpf/sybench-{}", std::process::id()));
     std::fs::create_dir_all(&cgroup).with_context(|| format!("creating the cgroup {}", cgroup.display()))?;
     let _cleanup = EbpfCleanup { cgroup: cgroup.clone(), root, pins: pins.clone() };
-    run_daemon(ctx, n, Some(Ebpf { cgroup, pins }))
+    run_daemon(ctx, n, Dp::Ebpf(Ebpf { cgroup, pins }))
 }
 
 /// Where the eBPF dataplane attaches and pins in a benchmark run.
@@ -432,9 +491,27 @@ fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
-/// The daemon with the nftables dataplane, or with `ebpf` the eBPF one.
-fn run_daemon(ctx: &Ctx, n: usize, ebpf: Option<Ebpf>) -> anyhow::Result<Outcome> {
-    let name = if ebpf.is_some() { "ebpf" } else { "nftables" };
+/// Which dataplane [`run_daemon`] runs, and what it needs.
+enum Dp {
+    Nftables,
+    Ebpf(Ebpf),
+    Ipvs,
+}
+
+impl Dp {
+    fn name(&self) -> &'static str {
+        match self {
+            Dp::Nftables => "nftables",
+            Dp::Ebpf(_) => "ebpf",
+            Dp::Ipvs => "ipvs",
+        }
+    }
+}
+
+/// The daemon with one dataplane at one size: full sync, one-endpoint changes, RSS, connect() latency and the
+/// kernel baseline.
+fn run_daemon(ctx: &Ctx, n: usize, dp: Dp) -> anyhow::Result<Outcome> {
+    let name = dp.name();
     let work = ctx.workdir.join(format!("{name}-{n}"));
     std::fs::create_dir_all(&work)?;
     let manifests = manifests::Manifests::write(&work.join("manifests"), n, ctx.m)?;
@@ -448,9 +525,21 @@ fn run_daemon(ctx: &Ctx, n: usize, ebpf: Option<Ebpf>) -> anyhow::Result<Outcome
     // Full sync: from starting the process to /healthz 200.
     let t0 = SystemTime::now();
     let i0 = Instant::now();
-    let extra: Vec<std::ffi::OsString> = match &ebpf {
-        Some(e) => vec!["--dataplane".into(), "ebpf".into(), "--ebpf-cgroup".into(), e.cgroup.clone().into(), "--bpffs-dir".into(), e.pins.clone().into()],
-        None => Vec::new(),
+    let extra: Vec<std::ffi::OsString> = match &dp {
+        Dp::Ebpf(e) => vec![
+            "--dataplane".into(),
+            "ebpf".into(),
+            "--ebpf-cgroup".into(),
+            e.cgroup.clone().into(),
+            "--bpffs-dir".into(),
+            e.pins.clone().into(),
+        ],
+        Dp::Ipvs => vec!["--dataplane".into(), "ipvs".into()],
+        Dp::Nftables => Vec::new(),
+    };
+    let ebpf = match &dp {
+        Dp::Ebpf(e) => Some(e),
+        _ => None,
     };
     let mut d =
         Daemon::start(&ctx.daemon, &topo.node, &manifests.dir, &work.join("daemon.log"), Some(&wrapper_dir), &extra)?;
@@ -481,7 +570,10 @@ fn run_daemon(ctx: &Ctx, n: usize, ebpf: Option<Ebpf>) -> anyhow::Result<Outcome
         changes.push(Change { total: s.at.duration_since(t).unwrap_or_default(), dataplane_ms: s.elapsed_ms });
     }
     if !changes.is_empty() {
-        let sent_to = service0_backends(&topo.node)?;
+        let sent_to = match dp {
+            Dp::Ipvs => ipvs_service0_backends(&topo.node)?,
+            _ => service0_backends(&topo.node)?,
+        };
         if !sent_to.iter().any(|b| b.starts_with(&format!("{last} . "))) {
             bail!("after the changes, the kernel's rules for Service 0 do not send to {last}: {sent_to:?}");
         }
@@ -517,12 +609,20 @@ fn run_daemon(ctx: &Ctx, n: usize, ebpf: Option<Ebpf>) -> anyhow::Result<Outcome
 
     // The kernel baseline (while the proxy node still exists: tearing a big table down would compete with
     // the load for the CPU).
-    let kernel_input = file_size(&recorded)?;
-    let fresh = Netns::new(&format!("nft{n}-fresh"))?;
-    let kernel = timed_load(&fresh, Command::new(&ctx.nft).arg("-f").arg(&recorded), None, ctx.timeout)?;
-    drop(fresh);
+    let Baseline { took: kernel, input: kernel_input, how: kernel_how, parts: kernel_parts } = match dp {
+        Dp::Ipvs => ipvs_baseline(ctx, n, &topo.node, &work, &recorded)?,
+        _ => {
+            let input = file_size(&recorded)?;
+            let fresh = Netns::new(&format!("nft{n}-fresh"))?;
+            let took = timed_load(&fresh, Command::new(&ctx.nft).arg("-f").arg(&recorded), None, ctx.timeout)?;
+            drop(fresh);
+            let how = if ebpf.is_some() { "nft -f of its nftables part" } else { "nft -f" };
+            Baseline { took, input, how: how.to_string(), parts: Vec::new() }
+        }
+    };
 
-    let listing = if n <= ctx.list_max {
+    // `nft list table` is the nftables dataplane's state (the others keep only a small table there).
+    let listing = if n <= ctx.list_max && matches!(dp, Dp::Nftables) {
         let dump = work.join("listed.nft");
         let file = std::fs::File::create(&dump)?;
         let start = Instant::now();
@@ -555,7 +655,8 @@ fn run_daemon(ctx: &Ctx, n: usize, ebpf: Option<Ebpf>) -> anyhow::Result<Outcome
         before_sync,
         sync_ms: first.elapsed_ms,
         full_cpu,
-        kernel_how: if ebpf.is_some() { "nft -f of its nftables part" } else { "nft -f" },
+        kernel_how,
+        kernel_parts,
         kernel,
         kernel_input,
         listing,
@@ -625,13 +726,96 @@ fn write_nft_wrapper(dir: &Path, nft: &Path, record: &Path) -> anyhow::Result<Pa
     Ok(path)
 }
 
-/// IPVS: to be written with the dataplane. It measures what `run_nftables` does, with `ipvsadm -R` of the
-/// same virtual services (plus the nftables table the dataplane keeps for what IPVS cannot express) as the
-/// kernel baseline.
-fn run_ipvs(_ctx: &Ctx, _n: usize) -> anyhow::Result<Outcome> {
-    Ok(Outcome::Unavailable(
-        "not measured: the benchmark has no IPVS runner yet, and this machine's kernel has no IPVS (the IPVS tests boot another kernel in a VM)".into(),
-    ))
+/// IPVS: the same measurements as [`run_nftables`] with `--dataplane ipvs`, where the kernel has IPVS (this
+/// process's kernel, or the VM's: without IPVS here, [`vm`] runs the benchmark again inside Debian's stock
+/// kernel under QEMU and this runner is called there). The kernel baseline loads the same state in one go
+/// into a fresh namespace: the dummy interface's addresses (`ip -batch`), the virtual services and their
+/// destinations as `ipvsadm -S -n` saved them (`ipvsadm -R`), and the nftables part of the full sync (the
+/// companion table, `nft -f`).
+fn run_ipvs(ctx: &Ctx, n: usize) -> anyhow::Result<Outcome> {
+    if !host_has_ipvs() {
+        bail!("this kernel has no IPVS (no /proc/net/ip_vs after `modprobe ip_vs`); the benchmark runs IPVS in a VM unless --no-vm");
+    }
+    run_daemon(ctx, n, Dp::Ipvs)
+}
+
+/// Whether this kernel has IPVS (loading the module if it is one).
+fn host_has_ipvs() -> bool {
+    let _ = Command::new("modprobe").args(["-q", "ip_vs"]).stderr(Stdio::null()).status();
+    Path::new("/proc/net/ip_vs").exists()
+}
+
+/// The IPVS dataplane's dummy interface (holds the Service addresses).
+const IPVS_DEVICE: &str = "switchyard-ipvs";
+
+/// The destinations (`ip . port`, as [`service0_backends`] prints them) IPVS sends Service 0's ClusterIP
+/// connections to, with a weight above 0 (a removed endpoint drains at weight 0).
+fn ipvs_service0_backends(node: &Netns) -> anyhow::Result<Vec<String>> {
+    let service = format!("{}:{}", manifests::cluster_ip(0), manifests::PORT);
+    Ok(ipvsadm_destinations(&netns::check(node.command("ipvsadm").args(["-L", "-n", "-t", &service]))?))
+}
+
+/// The destinations with a weight above 0 in `ipvsadm -L -n` output, as `ip . port`.
+fn ipvsadm_destinations(out: &str) -> Vec<String> {
+    // `  -> 10.250.0.3:8080   Masq    1      0          0`
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next()? == "->").then_some(())?;
+            let (addr, port) = w.next()?.rsplit_once(':')?;
+            let weight: u32 = w.nth(1)?.parse().ok()?;
+            (weight > 0).then(|| format!("{addr} . {port}"))
+        })
+        .collect()
+}
+
+/// A kernel baseline: how long, the input's (lines, bytes), how, and each part's time when it has several.
+struct Baseline {
+    took: Duration,
+    input: (usize, u64),
+    how: String,
+    parts: Vec<(String, Duration)>,
+}
+
+/// IPVS's kernel baseline: what the daemon programmed in `node`, loaded in one go into a fresh namespace.
+fn ipvs_baseline(
+    ctx: &Ctx,
+    n: usize,
+    node: &Netns,
+    work: &Path,
+    recorded: &Path,
+) -> anyhow::Result<Baseline> {
+    let saved = work.join("ipvsadm.save");
+    let out = node.command("ipvsadm").args(["-S", "-n"]).stdin(Stdio::null()).output()?;
+    if !out.status.success() {
+        bail!("ipvsadm -S -n: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    std::fs::write(&saved, &out.stdout)?;
+    let batch = work.join("addresses.ip");
+    let mut text = format!("link add {IPVS_DEVICE} type dummy\n");
+    for fam in ["-4", "-6"] {
+        for line in node.ip(&[fam, "-o", "addr", "show", "dev", IPVS_DEVICE])?.lines() {
+            let mut w = line.split_whitespace();
+            if w.any(|x| x == "inet" || x == "inet6") {
+                if let Some(addr) = w.next() {
+                    text.push_str(&format!("addr add {addr} dev {IPVS_DEVICE}\n"));
+                }
+            }
+        }
+    }
+    std::fs::write(&batch, text)?;
+
+    let fresh = Netns::new(&format!("ipvs{n}-fresh"))?;
+    let addresses = timed_load(&fresh, Command::new("ip").arg("-batch").arg(&batch), None, ctx.timeout)?;
+    let services =
+        timed_load(&fresh, Command::new("ipvsadm").arg("-R"), Some(std::fs::File::open(&saved)?), ctx.timeout)?;
+    let table = timed_load(&fresh, Command::new(&ctx.nft).arg("-f").arg(recorded), None, ctx.timeout)?;
+    drop(fresh);
+    let sizes = [file_size(&batch)?, file_size(&saved)?, file_size(recorded)?];
+    let input = sizes.iter().fold((0, 0), |(l, b), (l2, b2)| (l + l2, b + b2));
+    let parts =
+        vec![("ip -batch".to_string(), addresses), ("ipvsadm -R".to_string(), services), ("nft -f".to_string(), table)];
+    Ok(Baseline { took: addresses + services + table, input, how: "ip -batch + ipvsadm -R + nft -f".into(), parts })
 }
 
 /// kube-proxy's iptables-mode rules for the same Services, loaded with iptables-restore in a proxy node of
@@ -691,4 +875,50 @@ fn timed_load(
         bail!("loading failed ({status}): {}", stderr.lines().take(5).collect::<Vec<_>>().join("; "));
     }
     Ok(took)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ipvsadm_destinations() {
+        let out = "IP Virtual Server version 1.2.1 (size=4096)\n\
+                   Prot LocalAddress:Port Scheduler Flags\n\
+                   \x20 -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
+                   TCP  10.96.0.1:80 rr\n\
+                   \x20 -> 10.250.0.1:8080              Masq    1      0          0\n\
+                   \x20 -> 10.250.0.11:8080             Masq    0      3          0\n\
+                   \x20 -> 10.250.0.2:8080              Masq    1      0          0\n";
+        assert_eq!(ipvsadm_destinations(out), ["10.250.0.1 . 8080", "10.250.0.2 . 8080"]);
+    }
+
+    /// The host builds the guest's command line; the guest parses it with the same `Args`.
+    #[test]
+    fn the_vm_parses_the_command_line_the_host_gives_it() {
+        let host = Args::parse_from([
+            "switchyard-bench",
+            "--sizes",
+            "1000,50000",
+            "--endpoints",
+            "7",
+            "--changes-budget",
+            "90s",
+            "--timeout",
+            "1h",
+            "--iptables",
+            "nft",
+            "--skip-iptables",
+        ]);
+        let guest = Args::parse_from(std::iter::once("switchyard-bench".to_string()).chain(vm::guest_args(&host)));
+        assert!(guest.in_vm);
+        assert_eq!(guest.dataplanes, ["ipvs"]);
+        assert_eq!(guest.sizes, [1000, 50000]);
+        assert_eq!(guest.endpoints, 7);
+        assert_eq!(guest.changes_budget, Duration::from_secs(90));
+        assert_eq!(guest.timeout, Duration::from_secs(3600));
+        assert_eq!(guest.iptables, iptables::Backend::Nft);
+        assert!(guest.skip_iptables);
+        assert_eq!(guest.daemon.as_deref(), Some(Path::new("/opt/switchyard/switchyard")));
+    }
 }

@@ -53,7 +53,7 @@ impl Drop for Listener {
 }
 
 /// Latencies of one target, in microseconds, sorted.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Samples(pub Vec<f64>);
 
 impl Samples {
@@ -70,7 +70,7 @@ impl Samples {
 }
 
 /// connect() latencies to the three targets.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Latency {
     /// To the backend through the bare node: no proxy rule, no conntrack. The baseline.
     pub bare: Samples,

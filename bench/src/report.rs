@@ -152,7 +152,7 @@ fn change_ms(r: &Row) -> Vec<f64> {
 pub fn summary(r: &Row) -> String {
     let ch = change_ms(r);
     format!(
-        "full sync {} ({} × {}), one-endpoint change {:.1} ms, peak RSS {}, ClusterIP connect {:.2}× direct",
+        "full sync {} (the kernel loads it in {} by `{}`), one-endpoint change {:.1} ms, peak RSS {}, ClusterIP connect {:.2}× direct",
         secs(r.full),
         secs(r.kernel),
         r.kernel_how,
@@ -192,9 +192,18 @@ pub fn render(rep: &Report) -> String {
         a.connects
     );
 
-    let peer_of = |n: usize| rep.peers.iter().find(|(pn, _)| *pn == n).map(|(_, p)| p);
-    for Results { title, rows, .. } in rep.results {
+    for Results { name, title, rows, place, peers } in rep.results {
+        let peers = peers.as_deref().unwrap_or(rep.peers);
+        let peer_of = |n: usize| peers.iter().find(|(pn, _)| *pn == n).map(|(_, p)| p);
         let _ = writeln!(w, "## {title}\n");
+        if let Some(place) = place {
+            let _ = writeln!(
+                w,
+                "Measured in a VM: {place}. Everything there runs several times slower than on the host: compare \
+                 this table's ratios (each taken in the VM, the kube-proxy peer too) with the other tables, not \
+                 its absolute times.\n"
+            );
+        }
         if rows.iter().all(|(_, o)| matches!(o, Outcome::Unavailable(_))) {
             let why =
                 rows.iter().find_map(|(_, o)| if let Outcome::Unavailable(w) = o { Some(w.as_str()) } else { None });
@@ -253,45 +262,18 @@ pub fn render(rep: &Report) -> String {
             }
         }
         let _ = writeln!(w);
-        details(w, rows, a.endpoints);
+        details(w, rows, a.endpoints, name);
     }
 
     if !rep.peers.is_empty() {
-        let _ = writeln!(w, "## Peer baseline: kube-proxy iptables mode ({})\n", a.iptables.name());
-        let _ = writeln!(
-            w,
-            "kube-proxy's rule shape for the same Services (one `KUBE-SERVICES` rule per Service, per-Service chains \
-             with `statistic` probability rules, per-endpoint DNAT chains; the measured Service in the middle of \
-             `KUBE-SERVICES`), loaded with `{}` into a proxy node of its own.\n",
-            a.iptables.restore_binary()
-        );
-        let _ = writeln!(w, "| Services × endpoints | rules | iptables-restore | connect µs, median / p90: direct (bare node) | via the proxy node, not a Service | ClusterIP | ClusterIP vs direct |");
-        let _ = writeln!(w, "|---|---|---|---|---|---|---|");
-        for (n, p) in rep.peers {
-            let size = format!("{} × {}", thousands(*n), a.endpoints);
-            match p {
-                Ok(p) => {
-                    let l = &p.latency;
-                    let _ = writeln!(
-                        w,
-                        "| {size} | {} | {} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.2}× |",
-                        thousands(p.rules),
-                        secs(p.load),
-                        l.bare.median(),
-                        l.bare.quantile(0.9),
-                        l.direct.median(),
-                        l.direct.quantile(0.9),
-                        l.cluster_ip.median(),
-                        l.cluster_ip.quantile(0.9),
-                        l.ratio()
-                    );
-                }
-                Err(e) => {
-                    let _ = writeln!(w, "| {size} | failed: {} | | | | | |", e.replace('|', "/").replace('\n', " "));
-                }
+        peer_table(w, a, rep.peers, "");
+    }
+    for r in rep.results {
+        if let (Some(place), Some(peers)) = (&r.place, &r.peers) {
+            if !peers.is_empty() {
+                peer_table(w, a, peers, &format!(", in the {} VM ({place})", r.title));
             }
         }
-        let _ = writeln!(w);
     }
 
     targets(w, rep);
@@ -303,7 +285,45 @@ pub fn render(rep: &Report) -> String {
     s
 }
 
-fn details(w: &mut String, rows: &[(usize, Outcome)], m: usize) {
+fn peer_table(w: &mut String, a: &Args, peers: &[(usize, Result<Peer, String>)], where_: &str) {
+    let _ = writeln!(w, "## Peer baseline: kube-proxy iptables mode ({}){where_}\n", a.iptables.name());
+    let _ = writeln!(
+        w,
+        "kube-proxy's rule shape for the same Services (one `KUBE-SERVICES` rule per Service, per-Service chains \
+         with `statistic` probability rules, per-endpoint DNAT chains; the measured Service in the middle of \
+         `KUBE-SERVICES`), loaded with `{}` into a proxy node of its own.\n",
+        a.iptables.restore_binary()
+    );
+    let _ = writeln!(w, "| Services × endpoints | rules | iptables-restore | connect µs, median / p90: direct (bare node) | via the proxy node, not a Service | ClusterIP | ClusterIP vs direct |");
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|");
+    for (n, p) in peers {
+        let size = format!("{} × {}", thousands(*n), a.endpoints);
+        match p {
+            Ok(p) => {
+                let l = &p.latency;
+                let _ = writeln!(
+                    w,
+                    "| {size} | {} | {} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.2}× |",
+                    thousands(p.rules),
+                    secs(p.load),
+                    l.bare.median(),
+                    l.bare.quantile(0.9),
+                    l.direct.median(),
+                    l.direct.quantile(0.9),
+                    l.cluster_ip.median(),
+                    l.cluster_ip.quantile(0.9),
+                    l.ratio()
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(w, "| {size} | failed: {} | | | | | |", e.replace('|', "/").replace('\n', " "));
+            }
+        }
+    }
+    let _ = writeln!(w);
+}
+
+fn details(w: &mut String, rows: &[(usize, Outcome)], m: usize, dataplane: &str) {
     let measured: Vec<&Row> =
         rows.iter().filter_map(|(_, o)| if let Outcome::Measured(r) = o { Some(&**r) } else { None }).collect();
     if measured.is_empty() {
@@ -312,7 +332,7 @@ fn details(w: &mut String, rows: &[(usize, Outcome)], m: usize) {
     let _ = writeln!(w, "Full sync, where the time goes (from the daemon's log):\n");
     let _ = writeln!(
         w,
-        "| Services × endpoints | manifests | start → first sync begins (read, parse, model) | first sync (translate + `nft -f`) | → /healthz 200 | \
+        "| Services × endpoints | manifests | start → first sync begins (read, parse, model) | first sync (the dataplane's part) | → /healthz 200 | \
          CPU until then: daemon / its `nft` | the transaction | its `{kernel}` in a fresh namespace | `nft list table` of the result | `{kernel}` of that listing |",
         kernel = measured[0].kernel_how
     );
@@ -323,11 +343,12 @@ fn details(w: &mut String, rows: &[(usize, Outcome)], m: usize) {
                 secs(l.list),
                 format!("{} ({} lines, {:.1} MiB)", secs(l.load), thousands(l.size.0), l.size.1 as f64 / 1048576.0),
             ),
-            None => ("not measured (`--list-max`)".to_string(), String::new()),
+            None if dataplane == "nftables" => ("not measured (`--list-max`)".to_string(), String::new()),
+            None => ("not measured (its state is not an nftables table)".to_string(), String::new()),
         };
         let _ = writeln!(
             w,
-            "| {} × {m} | {:.1} MiB | {} | {} | {} | {} / {} | {} lines, {:.1} MiB | {} | {} | {} |",
+            "| {} × {m} | {:.1} MiB | {} | {} | {} | {} / {} | {} lines, {:.1} MiB | {}{} | {} | {} |",
             thousands(r.n),
             r.manifest_bytes as f64 / 1048576.0,
             secs(r.before_sync),
@@ -338,6 +359,12 @@ fn details(w: &mut String, rows: &[(usize, Outcome)], m: usize) {
             thousands(r.kernel_input.0),
             r.kernel_input.1 as f64 / 1048576.0,
             secs(r.kernel),
+            if r.kernel_parts.is_empty() {
+                String::new()
+            } else {
+                let parts: Vec<String> = r.kernel_parts.iter().map(|(how, d)| format!("{how} {}", secs(*d))).collect();
+                format!(" ({})", parts.join(" + "))
+            },
             listing.0,
             listing.1
         );

@@ -39,37 +39,9 @@ const EXCLUDED: &[(&str, &str)] = &[(
     "IPVS serves no NodePorts on loopback (as kube-proxy's IPVS mode): --localhost-nodeports is an nftables/eBPF feature",
 )];
 
-/// Kernel modules: IPVS and its schedulers, dummy (the Service addresses), veth (the kit's links), nf_tables
-/// and the expressions the companion table uses, ctnetlink (the daemon clears stale UDP conntrack entries),
-/// and sctp, so that SCTP sockets work when a scenario has SCTP flows (none has yet: the runner sends TCP,
-/// UDP and HTTP). Dependencies (nf_conntrack, nf_nat, nf_reject_*, ...) come from `modprobe --show-depends`.
-const MODULES: &[&str] = &[
-    "ip_vs",
-    "ip_vs_rr",
-    "ip_vs_wrr",
-    "ip_vs_lc",
-    "ip_vs_wlc",
-    "ip_vs_dh",
-    "ip_vs_sh",
-    "ip_vs_sed",
-    "ip_vs_nq",
-    "ip_vs_mh",
-    "veth",
-    "sctp",
-    "dummy",
-    "nf_tables",
-    "nft_ct",
-    "nft_fib_ipv4",
-    "nft_fib_ipv6",
-    "nft_fib_inet",
-    "nft_masq",
-    "nft_nat",
-    "nft_chain_nat",
-    "nft_reject_ipv4",
-    "nft_reject_ipv6",
-    "nft_reject_inet",
-    "nf_conntrack_netlink",
-];
+/// Kernel modules besides [`vmkit::DATAPLANE_MODULES`]: sctp, so that SCTP sockets work when a scenario has
+/// SCTP flows (none has yet: the runner sends TCP, UDP and HTTP).
+const EXTRA_MODULES: &[&str] = &["sctp"];
 
 /// Where the scenarios executable and the daemon go in the guest (side by side: `daemon::binary()`).
 const GUEST_DIR: &str = "opt/switchyard";
@@ -80,23 +52,16 @@ const DIAGNOSE: &str = "echo '## ipvs-list'; ipvs-list 2>&1; echo '## ip addr sh
                         for s in /proc/sys/net/ipv4/vs/conntrack /proc/sys/net/ipv4/ip_forward \
                         /proc/sys/net/ipv4/conf/all/route_localnet; do echo \"$s=$(cat $s)\"; done";
 
-/// The rest of the guest's `/init` (after [`vmkit::INIT_PREAMBLE`]). Each scenario test runs in a process
-/// (session) of its own under a deadline: one that is still running after `/deadline` seconds is reported
-/// (`SWITCHYARD-SCENARIO-TIMEOUT NAME`) with the kernel stacks of its threads and a backtrace of every CPU
-/// (sysrq `l` and `w`, on the kernel's console), killed with everything it started, and the next one runs. If
-/// even SIGKILL cannot end it (a task stuck in the kernel), the guest reports failure and powers off. So a
-/// run always ends with a verdict per scenario.
+/// The rest of the guest's `/init` (after [`vmkit::INIT_PREAMBLE`] and [`vmkit::INIT_DAEMON_SETUP`]). Each
+/// scenario test runs in a process (session) of its own under a deadline: one that is still running after
+/// `/deadline` seconds is reported (`SWITCHYARD-SCENARIO-TIMEOUT NAME`) with the kernel stacks of its threads
+/// and a backtrace of every CPU (sysrq `l` and `w`, on the kernel's console), killed with everything it
+/// started, and the next one runs. If even SIGKILL cannot end it (a task stuck in the kernel), the guest
+/// reports failure and powers off. So a run always ends with a verdict per scenario.
 ///
 /// `/tmp` stays the initramfs's own (writable) directory: the scenario files are packed at their host path,
 /// which is under `/tmp` when the workspace is (a CI clone), and a tmpfs mounted there would hide them.
 const INIT: &str = r##"
-mount -t tmpfs tmpfs /run
-mkdir -p /run/netns /var
-ln -s /run /var/run
-for m in /modules/*.ko; do
-  insmod "$m" || echo "init: insmod $m failed"
-done
-ip link set lo up
 cd /
 export SWITCHYARD_DATAPLANE=ipvs RUST_BACKTRACE=1 HOME=/tmp
 export SWITCHYARD_SCENARIO_TIME_SCALE="$(cat /time-scale)"
@@ -360,7 +325,7 @@ fn build_initramfs(kernel: &Kernel, built: &Built, dir: &Path, out: &Path, tests
     }
     cpio.char_device("dev/console", 5, 1);
     cpio.char_device("dev/null", 1, 3);
-    cpio.file("init", 0o755, format!("{}{INIT}", vmkit::INIT_PREAMBLE).into_bytes());
+    cpio.file("init", 0o755, format!("{}{}{INIT}", vmkit::INIT_PREAMBLE, vmkit::INIT_DAEMON_SETUP).into_bytes());
     cpio.file("deadline", 0o644, deadline.as_secs().to_string().into_bytes());
     let which = |name: &str| vmkit::which(name).unwrap_or_else(|| panic!("{name} is not installed"));
     let executables: Vec<(PathBuf, String)> = vec![
@@ -372,7 +337,7 @@ fn build_initramfs(kernel: &Kernel, built: &Built, dir: &Path, out: &Path, tests
         (stripped(&built.scenarios, dir), format!("{GUEST_DIR}/scenarios")),
     ];
     vmkit::pack_executables(&mut cpio, &executables);
-    vmkit::pack_modules(&mut cpio, kernel, MODULES);
+    vmkit::pack_modules(&mut cpio, kernel, &[vmkit::DATAPLANE_MODULES, EXTRA_MODULES].concat());
     // The scenario files, where the scenarios executable reads them.
     let guest_dir = built.scenario_dir.to_string_lossy().trim_start_matches('/').to_string();
     cpio.parents(&format!("{guest_dir}/x"));

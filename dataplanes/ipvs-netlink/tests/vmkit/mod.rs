@@ -191,6 +191,49 @@ exec </dev/null >/dev/ttyS0 2>&1
 export PATH=/sbin:/bin
 "#;
 
+/// Kernel modules the IPVS dataplane (`switchyard run --dataplane ipvs`) needs: IPVS and the schedulers
+/// Switchyard offers, dummy (the Service addresses), veth (the kit's links), nf_tables and the expressions the
+/// companion table uses, and ctnetlink (stale UDP conntrack cleanup). Dependencies (nf_conntrack, nf_nat,
+/// nf_reject_*, ...) come from `modprobe --show-depends`.
+pub const DATAPLANE_MODULES: &[&str] = &[
+    "ip_vs",
+    "ip_vs_rr",
+    "ip_vs_wrr",
+    "ip_vs_lc",
+    "ip_vs_wlc",
+    "ip_vs_dh",
+    "ip_vs_sh",
+    "ip_vs_sed",
+    "ip_vs_nq",
+    "ip_vs_mh",
+    "veth",
+    "dummy",
+    "nf_tables",
+    "nft_ct",
+    "nft_fib_ipv4",
+    "nft_fib_ipv6",
+    "nft_fib_inet",
+    "nft_masq",
+    "nft_nat",
+    "nft_chain_nat",
+    "nft_reject_ipv4",
+    "nft_reject_ipv6",
+    "nft_reject_inet",
+    "nf_conntrack_netlink",
+];
+
+/// What a guest that runs the daemon does after [`INIT_PREAMBLE`]: a writable `/run` for `ip netns`, the
+/// packed modules loaded (see [`pack_modules`]), loopback up.
+pub const INIT_DAEMON_SETUP: &str = r#"
+mount -t tmpfs tmpfs /run
+mkdir -p /run/netns /var
+ln -s /run /var/run
+for m in /modules/*.ko; do
+  insmod "$m" || echo "init: insmod $m failed"
+done
+ip link set lo up
+"#;
+
 /// How to run a VM.
 pub struct Vm {
     /// RAM in MiB.
