@@ -235,9 +235,14 @@ impl NftablesDataplane {
                 });
                 objects
             });
-            let old_fp = state.services.get(key).and_then(|p| p.fingerprint);
+            let old = state.services.get(key);
             let unchanged = match &new {
-                Some(n) => !conflict && old_fp == Some(n.fingerprint) && !state.conflicted.contains(key),
+                Some(n) => {
+                    !conflict
+                        && old.and_then(|p| p.fingerprint) == Some(n.fingerprint)
+                        && old.is_some_and(|p| backend_elements(&p.elements).eq(backend_elements(&n.elements)))
+                        && !state.conflicted.contains(key)
+                }
                 None => !state.services.contains_key(key),
             };
             if unchanged {
@@ -378,6 +383,7 @@ fn programmed(n: ServiceObjects, conflict: bool) -> Programmed {
         // A Service port that lost an element is not what its plan asks for: leave no fingerprint, so that
         // it is rewritten once the conflict is gone.
         fingerprint: (!conflict).then_some(n.fingerprint),
+        rules: n.chains.iter().map(|(c, rules)| (c.clone(), translate::rules_hash(rules))).collect(),
         chains: n.chains.into_keys().collect(),
         sets: n.sets,
         maps: n.maps.into_keys().collect(),
@@ -390,6 +396,25 @@ fn programmed(n: ServiceObjects, conflict: bool) -> Programmed {
 /// The keys of the dispatch elements (frontends) among a Service port's elements.
 fn dispatch_keys(elements: &BTreeMap<(MapName, String), String>) -> impl Iterator<Item = &(MapName, String)> {
     elements.keys().filter(|(map, _)| !map.is_backend_map())
+}
+
+/// The elements of the backend maps among a Service port's elements (those its fingerprint leaves out).
+fn backend_elements(elements: &BTreeMap<(MapName, String), String>) -> impl Iterator<Item = (&(MapName, String), &String)> {
+    elements.iter().filter(|((map, _), _)| map.is_backend_map())
+}
+
+/// The chains of `old` that `new` has with the same rules, known because this run wrote them: they are
+/// neither flushed nor refilled. None when an affinity set is recreated (its timeout changed): the kernel
+/// deletes no set that a rule still names, so every chain is rewritten then.
+fn kept_chains<'a>(old: &'a Programmed, new: &ServiceObjects) -> BTreeSet<&'a str> {
+    if old.sets.iter().any(|(set, timeout)| new.sets.get(set).is_some_and(|t| t != timeout)) {
+        return BTreeSet::new();
+    }
+    old.rules
+        .iter()
+        .filter(|(c, hash)| new.chains.get(*c).map(|rules| translate::rules_hash(rules)) == Some(**hash))
+        .map(|(c, _)| c.as_str())
+        .collect()
 }
 
 /// The ClusterIPs a Service port's dispatch elements name.
@@ -471,7 +496,8 @@ fn diff(s: &mut String, t: &str, family: Family, old: &Programmed, new: Option<&
     for (map, keys) in gone {
         w(format!("delete element {t} {} {{ {} }}", map.as_str(), keys.join(", ")));
     }
-    for c in &old.chains {
+    let kept = kept_chains(old, new);
+    for c in old.chains.iter().filter(|c| !kept.contains(c.as_str())) {
         w(format!("flush chain {t} {c}"));
     }
     // Scheduler maps point at endpoint chains: empty or remove them before any chain goes.
@@ -513,7 +539,8 @@ fn diff_add(w: &mut dyn FnMut(String), t: &str, family: Family, old: &Programmed
     for (map, elems) in &new.maps {
         w(format!("add element {t} {map} {{ {} }}", elems.join(", ")));
     }
-    for (c, rules) in &new.chains {
+    let kept = kept_chains(old, new);
+    for (c, rules) in new.chains.iter().filter(|(c, _)| !kept.contains(c.as_str())) {
         for r in rules {
             w(format!("add rule {t} {c} {r}"));
         }

@@ -132,6 +132,10 @@ pub struct Programmed {
     pub fingerprint: Option<u64>,
     /// Chain names.
     pub chains: BTreeSet<String>,
+    /// A hash of each chain's rules (`translate::rules_hash`), for the chains written in this run.
+    /// A restored chain has none: its rules are unknown (the listing does not spell rules as the translation
+    /// does), so the first change to its Service port rewrites it once.
+    pub rules: BTreeMap<String, u64>,
     /// Affinity sets and their timeouts.
     pub sets: BTreeMap<String, u32>,
     /// Scheduler verdict maps.

@@ -155,6 +155,41 @@ fn incremental_touches_only_the_changed_service() {
     assert!(!s.contains("add "), "{s}");
 }
 
+/// An endpoint that moves to another address while the number of backends stays changes elements only: no
+/// chain is flushed or refilled, and the fingerprint (left in the kernel) still recognises the Service port
+/// after a restart.
+#[test]
+fn moved_endpoint_changes_elements_only() {
+    let (settings, mut store) = scenario(&golden_dir().join("basic.yaml"));
+    let (mut dp, fake) = dataplane(settings);
+    dp.sync(&store.node_plan(), store.plans(), None).unwrap();
+    fake.take();
+
+    let (objects, _) = manifest::parse(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: demo, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.244.0.2]}, {addresses: [10.244.0.4]}]\n",
+    );
+    store.handle(Event::Apply(objects.into_iter().next().unwrap()));
+    let (changed, _) = store.recompute();
+    let report = dp.sync(&store.node_plan(), store.plans(), Some(&changed)).unwrap();
+    assert_eq!((report.written, report.unchanged), (1, 0), "{report:?}");
+    let scripts = fake.take();
+    assert_eq!(scripts.len(), 1, "one transaction");
+    let s = &scripts[0];
+    assert!(s.lines().all(|l| l.starts_with("add element ") || l.starts_with("delete element ")), "elements only:\n{s}");
+    assert!(s.contains(" : 10.244.0.4 . 8080 }") && s.contains("add element ip switchyard hairpin { 10.244.0.4 . "), "{s}");
+
+    // The same plans again: nothing to do.
+    let report = dp.sync(&store.node_plan(), store.plans(), None).unwrap();
+    assert_eq!(report.unchanged, 3, "{report:?}");
+    assert!(fake.take().is_empty());
+
+    // Back to the first address: still elements only (the chains were written in this run, so are known).
+    let (_, first) = scenario(&golden_dir().join("basic.yaml"));
+    dp.sync(&first.node_plan(), first.plans(), None).unwrap();
+    let s = fake.take().join("");
+    assert!(!s.is_empty() && s.lines().all(|l| l.contains(" element ")), "elements only:\n{s}");
+}
+
 /// A batch the kernel rejects is retried Service port by Service port: the good ones land, the bad one is
 /// reported failed, and nothing is flushed.
 #[test]

@@ -72,7 +72,10 @@ pub struct ServiceObjects {
     pub slot_blocks: BTreeMap<String, (u32, u32)>,
     /// The ClusterIPs, members of the shared `cluster-ips` set while any Service port has them.
     pub cluster_ips: BTreeSet<IpAddr>,
-    /// Hash of all of the above, stored in the kernel to recognise an unchanged Service port after a restart.
+    /// Hash of all of the above but the elements of the backend maps, stored in the kernel to recognise an
+    /// unchanged Service port after a restart (the reconciler compares those elements themselves). Backend
+    /// elements are left out so that an endpoint that moves, while the number of backends stays, changes no
+    /// rule (the fingerprint is in a rule's comment): only elements, which need no chain rewritten.
     pub fingerprint: u64,
 }
 
@@ -268,6 +271,11 @@ fn balance(
     rules.push(format!("ct mark set {selector} offset {base} goto {BACKEND_PICK}"));
 }
 
+/// A hash of a chain's rules, to tell whether a chain needs rewriting.
+pub(crate) fn rules_hash(rules: &[String]) -> u64 {
+    fnv1a(rules.join("\n").as_bytes())
+}
+
 /// Stable 64-bit FNV-1a: the fingerprint must not change between builds or runs.
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -292,7 +300,7 @@ fn fingerprint(o: &ServiceObjects) -> u64 {
     for (name, elems) in &o.maps {
         writeln!(text, "map {name} {}", elems.join(", ")).expect("write to String");
     }
-    for ((map, k), v) in &o.elements {
+    for ((map, k), v) in o.elements.iter().filter(|((map, _), _)| !map.is_backend_map()) {
         writeln!(text, "element {} {k} {v}", map.as_str()).expect("write to String");
     }
     for ip in &o.cluster_ips {

@@ -191,3 +191,37 @@ fn prune_and_cleanup() {
     // Cleaning up twice is fine.
     again.cleanup().unwrap();
 }
+
+/// A Service with one endpoint per family, for moving it.
+fn one_endpoint(v4: &str, v6: &str) -> BTreeMap<PlanKey, ServicePlan> {
+    plans_of(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: demo}}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{{port: 80, targetPort: 8080}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: demo, labels: {{kubernetes.io/service-name: web}}}}\n\
+         addressType: IPv4\nports: [{{port: 8080}}]\nendpoints: [{{addresses: [{v4}]}}]\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: web6, namespace: demo}}\nspec:\n  clusterIP: fd00:96::10\n  ipFamilies: [IPv6]\n  ports: [{{port: 80, targetPort: 8080}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web6-1, namespace: demo, labels: {{kubernetes.io/service-name: web6}}}}\n\
+         addressType: IPv6\nports: [{{port: 8080}}]\nendpoints: [{{addresses: [\"{v6}\"]}}]\n"
+    ))
+}
+
+/// An endpoint that moves (the number of backends stays) changes elements only, so the fingerprint in the
+/// kernel is not rewritten; a restarted daemon still recognises the Service port: the backend elements read
+/// back equal the translated ones, in both families.
+#[test]
+fn moved_endpoint_is_recognised_after_restart() {
+    let ns = Netns::new("moved");
+    let mut dp = ns.dataplane();
+    dp.restore().unwrap();
+    let first = one_endpoint("10.244.0.3", "fd00:244::3");
+    assert_eq!(first.len(), 2, "one Service port per family");
+    assert!(dp.sync(&NodePlan::default(), &first, None).unwrap().failed.is_empty());
+    let moved = one_endpoint("10.244.0.4", "fd00:244::4");
+    let report = dp.sync(&NodePlan::default(), &moved, None).unwrap();
+    assert_eq!((report.written, report.failed.len()), (2, 0), "{report:?}");
+
+    let mut again = ns.dataplane();
+    again.restore().unwrap();
+    let report = again.sync(&NodePlan::default(), &moved, None).unwrap();
+    assert_eq!((report.written, report.unchanged), (0, 2), "{report:?}");
+    assert_dump_matches(&again, &moved, "after the move");
+}
