@@ -57,6 +57,16 @@ fn service_yaml(out: &mut String, i: usize, endpoints: &[Ipv4Addr]) {
     }
 }
 
+/// What a one-endpoint change does to Service 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum ChangeKind {
+    /// An endpoint's address changes (a pod replaced): the number of endpoints stays.
+    #[default]
+    Move,
+    /// An endpoint is added, or removed (scaling by one): the number of endpoints changes.
+    Scale,
+}
+
 /// The generated directory.
 #[derive(Debug)]
 pub struct Manifests {
@@ -92,21 +102,28 @@ impl Manifests {
         Ok(Manifests { dir: dir.to_path_buf(), m, bytes })
     }
 
-    /// Rewrites Service 0's file atomically with its last endpoint moved to the backend's spare address
-    /// (`moved`) or back (`!moved`). Returns the last endpoint's new address.
-    pub fn change_service0(&self, moved: bool) -> anyhow::Result<Ipv4Addr> {
+    /// Service 0's endpoints after change `k` (counted from 0) of `kind`: even changes move the last
+    /// endpoint to the backend's spare address ([`ChangeKind::Move`]) or add that address as an endpoint
+    /// ([`ChangeKind::Scale`]); odd ones go back to the original M.
+    pub fn service0_after(&self, kind: ChangeKind, k: usize) -> Vec<Ipv4Addr> {
         let mut eps = endpoints(0, self.m);
-        let last = eps.len() - 1;
-        if moved {
-            eps[last] = backend_addr(self.m);
+        match (kind, k % 2) {
+            (ChangeKind::Move, 0) => *eps.last_mut().expect("M > 0") = backend_addr(self.m),
+            (ChangeKind::Scale, 0) => eps.push(backend_addr(self.m)),
+            _ => {}
         }
+        eps
+    }
+
+    /// Rewrites Service 0's file atomically with these endpoints.
+    pub fn set_service0(&self, eps: &[Ipv4Addr]) -> anyhow::Result<()> {
         let mut text = String::new();
-        service_yaml(&mut text, 0, &eps);
+        service_yaml(&mut text, 0, eps);
         // Not a manifest extension, so the daemon ignores the file until it is renamed into place.
         let aside = self.dir.join("svc-0.yaml.tmp");
         std::fs::write(&aside, text)?;
         std::fs::rename(&aside, self.dir.join("svc-0.yaml"))?;
-        Ok(eps[last])
+        Ok(())
     }
 }
 
@@ -136,10 +153,15 @@ mod tests {
             }
         }
         assert_eq!((services, slices, endpoints), (1002, 1002, 1002 * 3));
-        assert_eq!(m.change_service0(true).unwrap(), backend_addr(3));
+        let moved = m.service0_after(ChangeKind::Move, 0);
+        assert_eq!(moved, [backend_addr(0), backend_addr(1), backend_addr(3)]);
+        m.set_service0(&moved).unwrap();
         let text = std::fs::read_to_string(dir.join("svc-0.yaml")).unwrap();
         assert!(text.contains(&backend_addr(3).to_string()) && !text.contains(&backend_addr(2).to_string()));
         assert!(!dir.join("svc-0.yaml.tmp").exists());
+        assert_eq!(m.service0_after(ChangeKind::Move, 1), super::endpoints(0, 3));
+        assert_eq!(m.service0_after(ChangeKind::Scale, 0), [backend_addr(0), backend_addr(1), backend_addr(2), backend_addr(3)]);
+        assert_eq!(m.service0_after(ChangeKind::Scale, 3), super::endpoints(0, 3));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
+use crate::manifests::ChangeKind;
 use crate::{Args, Outcome, Peer, Results, Row};
 
 /// What the results were measured on.
@@ -144,19 +145,30 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn change_ms(r: &Row) -> Vec<f64> {
-    r.changes.iter().map(|c| c.total.as_secs_f64() * 1e3).collect()
+/// The times of the one-endpoint changes of one kind, in ms.
+fn change_ms(r: &Row, kind: ChangeKind) -> Vec<f64> {
+    r.changes.iter().filter(|c| c.kind == kind).map(|c| c.total.as_secs_f64() * 1e3).collect()
+}
+
+/// "median ms (min–max)" of the changes of one kind.
+fn changes_cell(r: &Row, kind: ChangeKind) -> String {
+    let ch = change_ms(r, kind);
+    if ch.is_empty() {
+        return "not measured".into();
+    }
+    let (lo, hi) = ch.iter().fold((f64::INFINITY, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    format!("{:.1} ms ({lo:.1}–{hi:.1})", median(ch))
 }
 
 /// One line for the progress output.
 pub fn summary(r: &Row) -> String {
-    let ch = change_ms(r);
     format!(
-        "full sync {} (the kernel loads it in {} by `{}`), one-endpoint change {:.1} ms, peak RSS {}, ClusterIP connect {:.2}× direct",
+        "full sync {} (the kernel loads it in {} by `{}`), endpoint moved {:.1} ms, added/removed {:.1} ms, peak RSS {}, ClusterIP connect {:.2}× direct",
         secs(r.full),
         secs(r.kernel),
         r.kernel_how,
-        median(ch),
+        median(change_ms(r, ChangeKind::Move)),
+        median(change_ms(r, ChangeKind::Scale)),
         mib(r.rss_kib),
         r.latency.ratio()
     )
@@ -185,7 +197,7 @@ pub fn render(rep: &Report) -> String {
     }
     let _ = writeln!(
         w,
-        "- Each size: {} Services × {} endpoints; {} one-endpoint changes; {} connects per target after 50 warm-up rounds.\n",
+        "- Each size: {} Services × {} endpoints; {} one-endpoint changes of each kind; {} connects per target after 50 warm-up rounds.\n",
         a.sizes.iter().map(|n| thousands(*n)).collect::<Vec<_>>().join(", "),
         a.endpoints,
         a.changes,
@@ -212,9 +224,9 @@ pub fn render(rep: &Report) -> String {
         }
         let _ = writeln!(
             w,
-            "| Services × endpoints | full sync | kernel load of the same state (the daemon's transaction) | ratio | one-endpoint change (median, min–max) | daemon peak RSS | ClusterIP connect vs direct | vs direct through the proxy node | kube-proxy iptables: ClusterIP connect vs direct |"
+            "| Services × endpoints | full sync | kernel load of the same state (the daemon's transaction) | ratio | one-endpoint change: address moved (median, min–max) | endpoint added/removed | daemon peak RSS | ClusterIP connect vs direct | vs direct through the proxy node | kube-proxy iptables: ClusterIP connect vs direct |"
         );
-        let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
         for (n, o) in rows {
             let size = format!("{} × {}", thousands(*n), a.endpoints);
             let peer = match peer_of(*n) {
@@ -229,18 +241,15 @@ pub fn render(rep: &Report) -> String {
             };
             match o {
                 Outcome::Measured(r) => {
-                    let ch = change_ms(r);
-                    let (lo, hi) = ch.iter().fold((f64::INFINITY, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
                     let _ = writeln!(
                         w,
-                        "| {size} | {} | {} (`{}`) | {:.1}× | {:.1} ms ({:.1}–{:.1}) | {} | {:.2}× ({:.0} vs {:.0} µs) | {:.2}× (vs {:.0} µs) | {peer} |",
+                        "| {size} | {} | {} (`{}`) | {:.1}× | {} | {} | {} | {:.2}× ({:.0} vs {:.0} µs) | {:.2}× (vs {:.0} µs) | {peer} |",
                         secs(r.full),
                         secs(r.kernel),
                         r.kernel_how,
                         r.full.as_secs_f64() / r.kernel.as_secs_f64(),
-                        median(ch.clone()),
-                        lo,
-                        hi,
+                        changes_cell(r, ChangeKind::Move),
+                        changes_cell(r, ChangeKind::Scale),
                         mib(r.rss_kib),
                         r.latency.ratio(),
                         r.latency.cluster_ip.median(),
@@ -250,12 +259,12 @@ pub fn render(rep: &Report) -> String {
                     );
                 }
                 Outcome::Unavailable(why) => {
-                    let _ = writeln!(w, "| {size} | {why} | | | | | | | {peer} |");
+                    let _ = writeln!(w, "| {size} | {why} | | | | | | | | {peer} |");
                 }
                 Outcome::Failed(e) => {
                     let _ = writeln!(
                         w,
-                        "| {size} | failed: {} | | | | | | | {peer} |",
+                        "| {size} | failed: {} | | | | | | | | {peer} |",
                         e.replace('|', "/").replace('\n', " ")
                     );
                 }
@@ -377,15 +386,19 @@ fn details(w: &mut String, rows: &[(usize, Outcome)], m: usize, dataplane: &str)
     }
     let _ =
         writeln!(w, "\nOne-endpoint changes: manifest renamed into place → `synced` logged (the dataplane's part):\n");
-    let _ = writeln!(w, "| Services × endpoints | each change |");
-    let _ = writeln!(w, "|---|---|");
+    let _ = writeln!(w, "| Services × endpoints | address moved, each | endpoint added, removed, … each |");
+    let _ = writeln!(w, "|---|---|---|");
     for r in &measured {
-        let each: Vec<String> = r
-            .changes
-            .iter()
-            .map(|c| format!("{:.1} ms ({} ms)", c.total.as_secs_f64() * 1e3, c.dataplane_ms))
-            .collect();
-        let _ = writeln!(w, "| {} × {m} | {} |", thousands(r.n), each.join(", "));
+        let each = |kind: ChangeKind| -> String {
+            let v: Vec<String> = r
+                .changes
+                .iter()
+                .filter(|c| c.kind == kind)
+                .map(|c| format!("{:.1} ms ({} ms)", c.total.as_secs_f64() * 1e3, c.dataplane_ms))
+                .collect();
+            v.join(", ")
+        };
+        let _ = writeln!(w, "| {} × {m} | {} | {} |", thousands(r.n), each(ChangeKind::Move), each(ChangeKind::Scale));
     }
     let _ = writeln!(w, "\nconnect() latency, µs, median / p90:\n");
     let _ = writeln!(w, "| Services × endpoints | direct (bare node) | via the proxy node, not a Service | ClusterIP | ClusterIP vs direct | ClusterIP vs via the proxy node |");
@@ -439,8 +452,14 @@ fn targets(w: &mut String, rep: &Report) {
     let not_measured = "not measured in this run (needs `--sizes …,50000 --endpoints 10`)".to_string();
     let full = at_50k.map_or(not_measured.clone(), |r| verdict(r.full.as_secs_f64(), 10.0, " s"));
     let _ = writeln!(w, "- 50,000 Services × 10 endpoints fully programmed by nftables in under 10 s: {full}");
-    let change = at_50k.map_or(not_measured.clone(), |r| verdict(median(change_ms(r)), 20.0, " ms"));
-    let _ = writeln!(w, "- One-endpoint change under 20 ms at 50,000 Services: {change}");
+    let change = at_50k.map_or(not_measured.clone(), |r| {
+        format!(
+            "address moved {}; endpoint added/removed {}",
+            verdict(median(change_ms(r, ChangeKind::Move)), 20.0, " ms"),
+            verdict(median(change_ms(r, ChangeKind::Scale)), 20.0, " ms")
+        )
+    });
+    let _ = writeln!(w, "- One-endpoint change under 20 ms at 50,000 Services (medians): {change}");
     let worst = nft.iter().map(|r| (r.n, r.latency.ratio())).max_by(|a, b| a.1.total_cmp(&b.1));
     let lat = worst.map_or("not measured".to_string(), |(n, x)| {
         let v = verdict(x, 1.1, "×");

@@ -178,6 +178,9 @@ pub(crate) fn guest_args(a: &Args) -> Vec<String> {
     if a.skip_iptables {
         v.push("--skip-iptables".into());
     }
+    if let Some(max) = a.peer_max {
+        v.extend(["--peer-max".into(), max.to_string()]);
+    }
     v
 }
 
