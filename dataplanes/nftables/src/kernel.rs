@@ -19,7 +19,8 @@ pub trait Nft: Send + Sync + std::fmt::Debug {
 }
 
 /// The real thing: the `nft` binary (nftables 1.0 or later) of the current network namespace, or of a named
-/// one (`ip netns exec NAME nft`, for tests).
+/// one (`ip netns exec NAME nft`, for tests). In the current namespace, scripts of nothing but element changes
+/// of the backend maps and sets go straight over nf_tables netlink instead ([`crate::netlink`]).
 #[derive(Debug, Clone)]
 pub struct NftCommand {
     /// Path or name of the binary.
@@ -55,6 +56,13 @@ impl NftCommand {
 
 impl Nft for NftCommand {
     fn apply(&self, script: &str) -> Result<(), Error> {
+        // Element changes of the backend maps (an endpoint that moves) skip nft, which would first read every
+        // chain of the table. Only in this process's own network namespace: `netns` is for nft alone.
+        if self.netns.is_none() {
+            if let Some(batch) = crate::netlink::ElementBatch::parse(script) {
+                return batch.apply();
+            }
+        }
         let mut child = self.command().args(["-f", "-"]).spawn().map_err(|e| self.io("apply", e))?;
         // Write on a thread so a large script cannot deadlock against nft's own output; scoped, so the
         // script (tens of MB at scale) is not copied.

@@ -1,6 +1,7 @@
 //! Switchyard's nftables dataplane.
 //!
-//! [`translate`] turns a plan into nft objects (pure); [`kernel`] is the one door to `nft`; [`listing`] reads
+//! [`translate`] turns a plan into nft objects (pure); [`kernel`] is the one door to the kernel (`nft`, and
+//! [`netlink`] for element-only changes); [`listing`] reads
 //! a table back for restore and dump. [`NftablesDataplane`] reconciles: it adopts what is in the kernel,
 //! rewrites only the Service ports whose objects changed (recognised by a fingerprint stored in the kernel),
 //! each batch in one atomic transaction, and prunes what nothing references.
@@ -8,6 +9,7 @@
 pub mod kernel;
 pub mod listing;
 pub mod names;
+pub mod netlink;
 pub mod translate;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};

@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use switchyard_model::dataplane::Dataplane;
+use switchyard_model::dataplane::{Dataplane, Error};
 use switchyard_model::manifest;
 use switchyard_model::store::{Event, Store};
 use switchyard_model::{NodePlan, PlanKey, PlanOptions, ServicePlan};
-use switchyard_nftables::kernel::NftCommand;
+use switchyard_nftables::kernel::{Nft, NftCommand};
+use switchyard_nftables::netlink::ElementBatch;
 use switchyard_nftables::translate::Settings;
 use switchyard_nftables::NftablesDataplane;
 
@@ -224,4 +225,116 @@ fn moved_endpoint_is_recognised_after_restart() {
     let report = again.sync(&NodePlan::default(), &moved, None).unwrap();
     assert_eq!((report.written, report.unchanged), (0, 2), "{report:?}");
     assert_dump_matches(&again, &moved, "after the move");
+}
+
+/// Runs `f` on a thread inside the named network namespace: a netlink socket it opens, an `nft` it starts
+/// and a TCP socket it makes all belong there.
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("ip netns keeps namespaces here");
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns (root needed)");
+            f()
+        })
+        .join()
+        .expect("no panic in the namespace")
+    })
+}
+
+/// The daemon's own `nft` (no `netns`, so element-only scripts go over netlink), run from inside a test's
+/// namespace, recording the scripts it is given.
+#[derive(Debug)]
+struct OwnNamespace {
+    ns: String,
+    scripts: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Nft for OwnNamespace {
+    fn apply(&self, script: &str) -> Result<(), Error> {
+        self.scripts.lock().unwrap().push(script.to_string());
+        in_netns(&self.ns, || NftCommand::default().apply(script))
+    }
+    fn list(&self, what: &str, family: &str, table: &str) -> Result<Option<String>, Error> {
+        in_netns(&self.ns, || NftCommand::default().list(what, family, table))
+    }
+}
+
+fn list_table(ns: &str, family: &str) -> String {
+    let out = Command::new("ip").args(["netns", "exec", ns, "nft", "list", "table", family, "switchyard"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// An endpoint that moves is an element-only transaction, which the daemon's own `nft` sends over netlink:
+/// the table is then exactly what `nft -f` of the same change makes, and connections reach the new address.
+#[test]
+fn element_changes_over_netlink_match_nft() {
+    let (fast, slow) = (Netns::new("nl-fast"), Netns::new("nl-slow"));
+    let own = OwnNamespace { ns: fast.0.clone(), scripts: Default::default() };
+    let scripts = own.scripts.clone();
+    let mut dp_fast = NftablesDataplane::new(Settings::default(), Box::new(own));
+    let mut dp_slow = slow.dataplane();
+    let first = one_endpoint("10.244.0.3", "fd00:244::3");
+    assert_eq!(first.len(), 2, "one Service port per family");
+    let moved = one_endpoint("10.244.0.4", "fd00:244::4");
+    for dp in [&mut dp_fast, &mut dp_slow] {
+        dp.restore().unwrap();
+        assert!(dp.sync(&NodePlan::default(), &first, None).unwrap().failed.is_empty());
+        let report = dp.sync(&NodePlan::default(), &moved, None).unwrap();
+        assert_eq!((report.written, report.failed.len()), (2, 0), "{report:?}");
+    }
+    let recorded = scripts.lock().unwrap().clone();
+    let changes = &recorded[recorded.len() - 2..];
+    for script in changes {
+        assert!(ElementBatch::parse(script).is_some(), "an element-only transaction:\n{script}");
+    }
+    // `cluster-ips`, both families in one batch.
+    let ips = "add element ip switchyard cluster-ips { 10.96.0.77 }\nadd element ip6 switchyard cluster-ips { fd00:96::77 }\n";
+    assert!(ElementBatch::parse(ips).is_some());
+    in_netns(&fast.0, || NftCommand::default().apply(ips)).unwrap();
+    NftCommand { netns: Some(slow.0.clone()), ..NftCommand::default() }.apply(ips).unwrap();
+    for family in ["ip", "ip6"] {
+        let (got, want) = (list_table(&fast.0, family), list_table(&slow.0, family));
+        assert_eq!(got, want, "{family}: netlink and nft leave the same table");
+        assert!(got.contains("10.244.0.4 . 8080") || got.contains("fd00:244::4 . 8080"), "{got}");
+        assert!(got.contains("10.96.0.77") || got.contains("fd00:96::77"), "{got}");
+    }
+
+    // Traffic to the ClusterIP from inside the namespace reaches the new address.
+    let sh = |cmd: &str| {
+        let out = Command::new("ip").args(["netns", "exec", &fast.0, "sh", "-ec", cmd]).output().unwrap();
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh("ip link set lo up; for a in 10.244.0.3 10.244.0.4 10.244.0.9; do ip addr add $a/32 dev lo; done; \
+        ip route add 10.96.0.0/16 dev lo src 10.244.0.9");
+    let reached = in_netns(&fast.0, || {
+        let listener = std::net::TcpListener::bind("0.0.0.0:8080").unwrap();
+        let addr = "10.96.0.10:80".parse().unwrap();
+        let _client = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)).expect("connect to the ClusterIP");
+        let (conn, _) = listener.accept().unwrap();
+        conn.local_addr().unwrap()
+    });
+    assert_eq!(reached, "10.244.0.4:8080".parse().unwrap());
+}
+
+/// A netlink batch the kernel refuses changes nothing (one bad command undoes the good ones before it) and
+/// is an error; so is one for a table that does not exist.
+#[test]
+fn failed_netlink_batch_changes_nothing() {
+    let ns = Netns::new("nl-fail");
+    let mut dp = ns.dataplane();
+    dp.restore().unwrap();
+    dp.sync(&NodePlan::default(), &plans("basic.yaml"), None).unwrap();
+    let before = list_table(&ns.0, "ip");
+    let batch = ElementBatch::parse(
+        "add element ip switchyard backend-slots { 999 : 1 }\ndelete element ip switchyard backend-addrs { 12345 }\n",
+    )
+    .unwrap();
+    let err = in_netns(&ns.0, || batch.apply()).expect_err("no element 12345");
+    assert!(matches!(&err, Error::Rejected { message, .. } if message.contains("delete element backend-addrs")), "{err}");
+    assert_eq!(list_table(&ns.0, "ip"), before, "nothing changed");
+
+    let empty = Netns::new("nl-none");
+    let err = in_netns(&empty.0, || batch.apply()).expect_err("no table");
+    assert!(matches!(err, Error::Rejected { .. }), "{err}");
 }
