@@ -11,6 +11,7 @@ pub mod conntrack;
 pub mod dataplane;
 pub mod manifest;
 pub mod plan;
+mod reduced;
 pub mod store;
 mod types;
 

@@ -7,6 +7,8 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use crate::reduced::{Names, ServiceInfo, SliceInfo};
+
 use crate::{
     Backend, Family, Frontend, FrontendKind, NodePlan, Protocol, Route, Scheduler, SchedulerFlags, ServiceName,
     ServicePlan, ServicePortName, WhenEmpty,
@@ -165,55 +167,54 @@ pub fn plan_service(
     node: Option<&Node>,
     opts: &PlanOptions,
 ) -> (Vec<ServicePlan>, Vec<Problem>) {
+    let Some(svc) = ServiceInfo::new(svc) else { return (Vec::new(), Vec::new()) };
+    let mut names = Names::default();
+    let slices: Vec<SliceInfo> = slices.iter().map(|s| SliceInfo::new(s, &mut names)).collect();
+    plan_reduced(&svc, &slices.iter().collect::<Vec<_>>(), node, opts)
+}
+
+/// [`plan_service`] on the reduced objects the store keeps.
+pub(crate) fn plan_reduced(
+    svc: &ServiceInfo,
+    slices: &[&SliceInfo],
+    node: Option<&Node>,
+    opts: &PlanOptions,
+) -> (Vec<ServicePlan>, Vec<Problem>) {
     let mut problems = Vec::new();
     let mut slice_problems = Vec::new();
     let mut plans = Vec::new();
-    if is_ignored(svc) {
-        return (plans, problems);
-    }
-    let name = ServiceName {
-        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
-        name: svc.metadata.name.clone().unwrap_or_default(),
-    };
+    let name = ServiceName { namespace: svc.namespace.clone(), name: svc.name.clone() };
     let object = name.to_string();
     let mut problem = |reason: &'static str, message: String| {
         problems.push(Problem { kind: "Service", object: object.clone(), reason, message });
     };
-    let spec = svc.spec.as_ref().expect("is_ignored checks spec");
 
     // Addresses by family.
     let mut cluster_ips: BTreeMap<Family, Vec<IpAddr>> = BTreeMap::new();
-    let listed = spec.cluster_ips.clone().filter(|v| !v.is_empty());
-    for s in listed.unwrap_or_else(|| spec.cluster_ip.iter().cloned().collect()) {
-        match parse_ip(&s) {
+    for s in &svc.cluster_ips {
+        match s.ip() {
             Some(ip) => cluster_ips.entry(Family::of(&ip)).or_default().push(ip),
-            None => problem("InvalidClusterIP", format!("clusterIP {s:?} is not an IP address; skipped")),
+            None => problem("InvalidClusterIP", format!("clusterIP {:?} is not an IP address; skipped", s.text())),
         }
     }
     let mut external_ips: Vec<(FrontendKind, IpAddr)> = Vec::new();
-    for s in spec.external_ips.iter().flatten() {
-        match parse_ip(s) {
+    for s in &svc.external_ips {
+        match s.ip() {
             Some(ip) => external_ips.push((FrontendKind::ExternalIp, ip)),
-            None => problem("InvalidExternalIP", format!("externalIP {s:?} is not an IP address; skipped")),
+            None => problem("InvalidExternalIP", format!("externalIP {:?} is not an IP address; skipped", s.text())),
         }
     }
-    let is_lb = spec.type_.as_deref() == Some("LoadBalancer");
-    let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref());
-    for ing in ingress.into_iter().flatten().filter(|_| is_lb) {
-        if ing.ip_mode.as_deref() == Some("Proxy") {
-            continue;
-        }
-        if let Some(s) = ing.ip.as_deref() {
-            match parse_ip(s) {
-                Some(ip) => external_ips.push((FrontendKind::LoadBalancer, ip)),
-                None => problem("InvalidLoadBalancerIP", format!("ingress IP {s:?} is not an IP address; skipped")),
-            }
+    let is_lb = svc.is_lb;
+    for s in &svc.lb_ips {
+        match s.ip() {
+            Some(ip) => external_ips.push((FrontendKind::LoadBalancer, ip)),
+            None => problem("InvalidLoadBalancerIP", format!("ingress IP {:?} is not an IP address; skipped", s.text())),
         }
     }
-    let node_ports = matches!(spec.type_.as_deref(), Some("NodePort") | Some("LoadBalancer"));
+    let node_ports = svc.node_ports;
 
     // Scheduler and affinity.
-    let requested = match svc.metadata.annotations.as_ref().and_then(|a| a.get(SCHEDULER_ANNOTATION)) {
+    let requested = match svc.scheduler.as_deref() {
         None => opts.default_scheduler,
         Some(v) => match v.parse::<Scheduler>() {
             Ok(s) => s,
@@ -235,7 +236,7 @@ pub fn plan_service(
         );
         Scheduler::Random
     };
-    let scheduler_flags = match svc.metadata.annotations.as_ref().and_then(|a| a.get(SCHEDULER_FLAGS_ANNOTATION)) {
+    let scheduler_flags = match svc.scheduler_flags.as_deref() {
         None => SchedulerFlags::default(),
         Some(v) if !matches!(scheduler, Scheduler::Sh | Scheduler::Mh) => {
             if !v.trim().is_empty() {
@@ -251,12 +252,7 @@ pub fn plan_service(
             SchedulerFlags::default()
         }),
     };
-    let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-        let t = spec
-            .session_affinity_config
-            .as_ref()
-            .and_then(|c| c.client_ip.as_ref())
-            .and_then(|c| c.timeout_seconds);
+    let affinity_timeout = svc.affinity.map(|t| {
         match t {
             None => DEFAULT_AFFINITY_TIMEOUT,
             Some(t) if (1..=86_400).contains(&t) => t as u32,
@@ -272,12 +268,12 @@ pub fn plan_service(
 
     let externally_reachable = node_ports || !external_ips.is_empty();
     let policy = Policy {
-        internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-        external_local: externally_reachable && spec.external_traffic_policy.as_deref() == Some("Local"),
+        internal_local: svc.internal_local,
+        external_local: externally_reachable && svc.external_local,
     };
     let zone = node.and_then(|n| n.metadata.labels.as_ref()).and_then(|l| l.get(ZONE_LABEL)).cloned();
     let source_ranges: Option<Vec<ipnet::IpNet>> =
-        spec.load_balancer_source_ranges.as_ref().filter(|r| is_lb && !r.is_empty()).map(|ranges| {
+        svc.source_ranges.as_ref().map(|ranges| {
             ranges
                 .iter()
                 .filter_map(|r| match r.trim().parse::<ipnet::IpNet>() {
@@ -289,7 +285,7 @@ pub fn plan_service(
                 })
                 .collect()
         });
-    let health_check_node_port = match spec.health_check_node_port {
+    let health_check_node_port = match svc.health_check_node_port {
         Some(p) if policy.external_local && is_lb => match valid_port(p) {
             Some(p) => Some(p),
             None => {
@@ -301,7 +297,7 @@ pub fn plan_service(
     };
 
     let mut seen_ports = BTreeSet::new();
-    for port in spec.ports.iter().flatten() {
+    for port in &svc.ports {
         let Some(protocol) = Protocol::parse(port.protocol.as_deref().unwrap_or("TCP")) else {
             problem(
                 "InvalidProtocol",
@@ -377,14 +373,13 @@ pub fn plan_service(
         }
     }
     // EndpointSlice ports naming no port of the Service: skipped (nothing can route to them), and said.
-    let known: BTreeSet<(String, Protocol)> = spec
+    let known: BTreeSet<(String, Protocol)> = svc
         .ports
         .iter()
-        .flatten()
         .filter_map(|p| Some((p.name.clone().unwrap_or_default(), Protocol::parse(p.protocol.as_deref().unwrap_or("TCP"))?)))
         .collect();
     for slice in slices {
-        for port in slice.ports.iter().flatten() {
+        for port in &slice.ports {
             let name = port.name.clone().unwrap_or_default();
             let proto = Protocol::parse(port.protocol.as_deref().unwrap_or("TCP"));
             if proto.is_some_and(|p| !known.contains(&(name.clone(), p))) {
@@ -392,8 +387,8 @@ pub fn plan_service(
                     kind: "EndpointSlice",
                     object: format!(
                         "{}/{}",
-                        slice.metadata.namespace.as_deref().unwrap_or(""),
-                        slice.metadata.name.as_deref().unwrap_or("")
+                        slice.namespace.as_deref().unwrap_or(""),
+                        slice.name.as_deref().unwrap_or("")
                     ),
                     reason: "UnknownPort",
                     message: format!(
@@ -486,7 +481,7 @@ fn endpoints_for(
     spn: &ServicePortName,
     svc_port: &ServicePort,
     family: Family,
-    slices: &[&EndpointSlice],
+    slices: &[&SliceInfo],
     problems: &mut Vec<Problem>,
 ) -> Vec<Backend> {
     let address_type = match family {
@@ -495,21 +490,17 @@ fn endpoints_for(
     };
     let want_name = svc_port.name.as_deref().unwrap_or("");
     let mut by_addr: BTreeMap<(IpAddr, u16), Backend> = BTreeMap::new();
-    let mut sorted: Vec<&&EndpointSlice> = slices.iter().collect();
-    sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let mut sorted: Vec<&&SliceInfo> = slices.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
     for slice in sorted {
-        if slice.address_type != address_type {
+        if slice.family != Some(family) {
             continue;
         }
-        let slice_name = format!(
-            "{}/{}",
-            slice.metadata.namespace.as_deref().unwrap_or(""),
-            slice.metadata.name.as_deref().unwrap_or("")
-        );
+        let slice_name = format!("{}/{}", slice.namespace.as_deref().unwrap_or(""), slice.name.as_deref().unwrap_or(""));
         let mut problem = |reason: &'static str, message: String| {
             problems.push(Problem { kind: "EndpointSlice", object: slice_name.clone(), reason, message });
         };
-        let port = slice.ports.iter().flatten().find(|p| {
+        let port = slice.ports.iter().find(|p| {
             p.name.as_deref().unwrap_or("") == want_name
                 && Protocol::parse(p.protocol.as_deref().unwrap_or("TCP")) == Some(spn.protocol)
         });
@@ -518,35 +509,23 @@ fn endpoints_for(
             problem("InvalidPort", format!("port {want_name:?}: {:?} is not a valid port; skipped", port.port));
             continue;
         };
-        for ep in slice.endpoints.iter().flatten() {
-            let Some(first) = ep.addresses.first() else { continue };
-            let Some(ip) = parse_ip(first).filter(|ip| Family::of(ip) == family) else {
-                problem("InvalidEndpointAddress", format!("{first:?} is not an {address_type} address; skipped"));
+        for ep in &slice.endpoints {
+            let Some(ip) = ep.address.ip().filter(|ip| Family::of(ip) == family) else {
+                problem("InvalidEndpointAddress", format!("{:?} is not an {address_type} address; skipped", ep.address.text()));
                 continue;
             };
-            let cond = ep.conditions.as_ref();
-            let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+            let ready = ep.ready.unwrap_or(true);
             let backend = Backend {
                 ip,
                 port: number,
-                node_name: ep.node_name.clone(),
-                zone: ep.zone.clone(),
+                node_name: ep.node_name.as_deref().map(String::from),
+                zone: ep.zone.as_deref().map(String::from),
                 ready,
-                serving: cond.and_then(|c| c.serving).unwrap_or(ready),
-                terminating: cond.and_then(|c| c.terminating).unwrap_or(false),
+                serving: ep.serving.unwrap_or(ready),
+                terminating: ep.terminating.unwrap_or(false),
                 weight: 1,
-                zone_hints: ep
-                    .hints
-                    .as_ref()
-                    .and_then(|h| h.for_zones.as_ref())
-                    .map(|z| z.iter().map(|z| z.name.clone()).collect())
-                    .unwrap_or_default(),
-                node_hints: ep
-                    .hints
-                    .as_ref()
-                    .and_then(|h| h.for_nodes.as_ref())
-                    .map(|n| n.iter().map(|n| n.name.clone()).collect())
-                    .unwrap_or_default(),
+                zone_hints: ep.hints.as_ref().map(|h| h.zones.clone()).unwrap_or_default(),
+                node_hints: ep.hints.as_ref().map(|h| h.nodes.clone()).unwrap_or_default(),
             };
             if by_addr.contains_key(&(ip, number)) {
                 problem("DuplicateEndpoint", format!("{} is listed by another slice too; the first is used", backend.addr()));
@@ -575,7 +554,7 @@ fn valid_port(p: i32) -> Option<u16> {
 }
 
 /// Parses an IP as Kubernetes writes it, tolerating surrounding whitespace.
-fn parse_ip(s: &str) -> Option<IpAddr> {
+pub(crate) fn parse_ip(s: &str) -> Option<IpAddr> {
     s.trim().parse().ok()
 }
 

@@ -1,12 +1,14 @@
 //! The one writer of the model: API objects in, plans and the set of changed plans out.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasher, RandomState};
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::plan::{plan_service, PlanOptions, Problem, SERVICE_NAME_LABEL};
-use crate::{NodePlan, PlanKey, ServiceName, ServicePlan};
+use crate::plan::{plan_reduced, PlanOptions, Problem, SERVICE_NAME_LABEL};
+use crate::reduced::{Names, ServiceInfo, SliceInfo};
+use crate::{Family, NodePlan, PlanKey, Protocol, ServiceName, ServicePlan, ServicePortName};
 
 /// An API object a source delivers.
 #[derive(Clone, Debug, PartialEq)]
@@ -92,20 +94,65 @@ pub struct Changes {
 }
 
 /// The model: the API objects this node knows and the plans they make.
+///
+/// Services and EndpointSlices are kept reduced to what planning reads (see [`crate::reduced`]), with a
+/// fingerprint of the whole object to tell whether a new version changed anything, as comparing the whole
+/// objects did.
 #[derive(Debug)]
 pub struct Store {
     options: PlanOptions,
-    services: BTreeMap<ServiceName, Service>,
-    slices: BTreeMap<(String, String), EndpointSlice>,
-    slices_by_service: BTreeMap<ServiceName, BTreeSet<String>>,
+    services: BTreeMap<ServiceName, StoredService>,
+    slices: BTreeMap<(String, String), StoredSlice>,
+    /// The names of each Service's EndpointSlices, sorted. (A Vec: a BTreeSet allocates room for eleven
+    /// names, and a Service mostly has one slice.)
+    slices_by_service: BTreeMap<ServiceName, Vec<String>>,
     node: Option<Node>,
     dirty: BTreeSet<ServiceName>,
     plans: BTreeMap<PlanKey, ServicePlan>,
-    keys_by_service: BTreeMap<ServiceName, BTreeSet<PlanKey>>,
     synced: bool,
     interfaces: Vec<std::net::IpAddr>,
-    /// The plan each changed key had before its first change since [`Store::take_replaced`].
+    /// The plan each changed UDP key had before its first change since [`Store::take_replaced`].
     replaced: BTreeMap<PlanKey, Option<ServicePlan>>,
+    fingerprints: Fingerprints,
+    names: Names,
+}
+
+#[derive(Debug)]
+struct StoredService {
+    fingerprint: u128,
+    /// `None`: the Service is ignored.
+    info: Option<ServiceInfo>,
+}
+
+#[derive(Debug)]
+struct StoredSlice {
+    fingerprint: u128,
+    /// The `kubernetes.io/service-name` label.
+    service: Option<String>,
+    info: SliceInfo,
+}
+
+/// Tells versions of an object apart without keeping them: 128 bits of SipHash of the object's JSON, under
+/// keys random to this process. Two different versions look alike only by a 2^-128 accident.
+#[derive(Debug, Default)]
+struct Fingerprints {
+    keys: [RandomState; 2],
+    json: Vec<u8>,
+    /// Counts objects that did not serialize (none of the kinds read can fail): each gets a fingerprint of
+    /// its own, so it always counts as changed.
+    failed: u128,
+}
+
+impl Fingerprints {
+    fn of(&mut self, object: &impl serde::Serialize) -> u128 {
+        self.json.clear();
+        if serde_json::to_writer(&mut self.json, object).is_err() {
+            self.failed += 1;
+            return self.failed;
+        }
+        let [a, b] = &self.keys;
+        u128::from(a.hash_one(&self.json)) << 64 | u128::from(b.hash_one(&self.json))
+    }
 }
 
 impl Store {
@@ -119,10 +166,11 @@ impl Store {
             node: None,
             dirty: BTreeSet::new(),
             plans: BTreeMap::new(),
-            keys_by_service: BTreeMap::new(),
             synced: false,
             interfaces: Vec::new(),
             replaced: BTreeMap::new(),
+            fingerprints: Fingerprints::default(),
+            names: Names::default(),
         }
     }
 
@@ -136,8 +184,10 @@ impl Store {
         &self.plans
     }
 
-    /// The plans that changed since the last call, each with the version it had before (`None`: it is new).
-    /// The sync loop takes them once they are programmed, to clean up what the old versions left behind.
+    /// The UDP plans that changed since the last call, each with the version it had before (`None`: it is
+    /// new). The sync loop takes them once they are programmed, to delete the conntrack entries the old
+    /// versions left behind: only UDP ones go stale ([`crate::conntrack`]), and keeping every plan a full sync
+    /// replaces would hold a key per plan until the sync is done.
     pub fn take_replaced(&mut self) -> BTreeMap<PlanKey, Option<ServicePlan>> {
         std::mem::take(&mut self.replaced)
     }
@@ -213,8 +263,9 @@ impl Store {
         match obj {
             Object::Service(svc) => {
                 let name = service_name(&svc.metadata.namespace, &svc.metadata.name);
-                if self.services.get(&name) != Some(&svc) {
-                    self.services.insert(name.clone(), *svc);
+                let fingerprint = self.fingerprints.of(&svc);
+                if self.services.get(&name).map(|s| s.fingerprint) != Some(fingerprint) {
+                    self.services.insert(name.clone(), StoredService { fingerprint, info: ServiceInfo::new(&svc) });
                     self.dirty.insert(name);
                     changes.services += 1;
                 }
@@ -224,16 +275,22 @@ impl Store {
                     slice.metadata.namespace.clone().unwrap_or_default(),
                     slice.metadata.name.clone().unwrap_or_default(),
                 );
-                if self.slices.get(&key) == Some(&slice) {
+                let fingerprint = self.fingerprints.of(&slice);
+                if self.slices.get(&key).map(|s| s.fingerprint) == Some(fingerprint) {
                     return;
                 }
                 // The owning Service may have changed with the label: forget the old link first.
                 self.unlink_slice(&key);
-                if let Some(svc) = owner(&slice) {
-                    self.slices_by_service.entry(svc.clone()).or_default().insert(key.1.clone());
+                let service = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).cloned();
+                if let Some(svc) = owner(&key.0, service.as_deref()) {
+                    let names = self.slices_by_service.entry(svc.clone()).or_default();
+                    if let Err(i) = names.binary_search(&key.1) {
+                        names.insert(i, key.1.clone());
+                    }
                     self.dirty.insert(svc);
                 }
-                self.slices.insert(key, *slice);
+                let info = SliceInfo::new(&slice, &mut self.names);
+                self.slices.insert(key, StoredSlice { fingerprint, service, info });
                 changes.endpoint_slices += 1;
             }
             Object::Node(node) => {
@@ -277,9 +334,9 @@ impl Store {
     }
 
     fn unlink_slice(&mut self, key: &(String, String)) {
-        if let Some(svc) = self.slices.get(key).and_then(owner) {
+        if let Some(svc) = self.slices.get(key).and_then(|s| owner(&key.0, s.service.as_deref())) {
             if let Some(set) = self.slices_by_service.get_mut(&svc) {
-                set.remove(&key.1);
+                set.retain(|n| *n != key.1);
                 if set.is_empty() {
                     self.slices_by_service.remove(&svc);
                 }
@@ -295,20 +352,37 @@ impl Store {
         let mut problems = Vec::new();
         for name in std::mem::take(&mut self.dirty) {
             let (new_plans, mut p) = match self.services.get(&name) {
-                Some(svc) => {
-                    let slices: Vec<&EndpointSlice> = self
+                Some(StoredService { info: Some(svc), .. }) => {
+                    let slices: Vec<&SliceInfo> = self
                         .slices_by_service
                         .get(&name)
                         .into_iter()
                         .flatten()
-                        .filter_map(|s| self.slices.get(&(name.namespace.clone(), s.clone())))
+                        .filter_map(|s| self.slices.get(&(name.namespace.clone(), s.clone())).map(|s| &s.info))
                         .collect();
-                    plan_service(svc, &slices, self.node.as_ref(), &self.options)
+                    plan_reduced(svc, &slices, self.node.as_ref(), &self.options)
                 }
-                None => (Vec::new(), Vec::new()),
+                _ => (Vec::new(), Vec::new()),
             };
             problems.append(&mut p);
-            let old_keys = self.keys_by_service.remove(&name).unwrap_or_default();
+            // The Service's plans are adjacent in `plans`, from the least key a port of it can have on.
+            let first: PlanKey = (
+                ServicePortName {
+                    namespace: name.namespace.clone(),
+                    name: name.name.clone(),
+                    port: String::new(),
+                    protocol: Protocol::Tcp,
+                },
+                Family::V4,
+            );
+            debug_assert!(Protocol::Tcp < Protocol::Udp && Protocol::Tcp < Protocol::Sctp && Family::V4 < Family::V6);
+            let old_keys: Vec<PlanKey> = self
+                .plans
+                .range(first..)
+                .map(|(k, _)| k)
+                .take_while(|k| k.0.namespace == name.namespace && k.0.name == name.name)
+                .cloned()
+                .collect();
             let mut new_keys = BTreeSet::new();
             for plan in new_plans {
                 let key = (plan.name.clone(), plan.family);
@@ -316,19 +390,22 @@ impl Store {
                 if self.plans.get(&key) != Some(&plan) {
                     changed.insert(key.clone());
                     let old = self.plans.insert(key.clone(), plan);
-                    self.replaced.entry(key).or_insert(old);
+                    self.record_replaced(key, old);
                 }
             }
-            for key in old_keys.difference(&new_keys) {
-                let old = self.plans.remove(key);
-                self.replaced.entry(key.clone()).or_insert(old);
+            for key in old_keys.into_iter().filter(|k| !new_keys.contains(k)) {
+                let old = self.plans.remove(&key);
                 changed.insert(key.clone());
-            }
-            if !new_keys.is_empty() {
-                self.keys_by_service.insert(name, new_keys);
+                self.record_replaced(key, old);
             }
         }
         (changed, problems)
+    }
+
+    fn record_replaced(&mut self, key: PlanKey, old: Option<ServicePlan>) {
+        if key.0.protocol == Protocol::Udp {
+            self.replaced.entry(key).or_insert(old);
+        }
     }
 }
 
@@ -336,10 +413,9 @@ fn service_name(namespace: &Option<String>, name: &Option<String>) -> ServiceNam
     ServiceName { namespace: namespace.clone().unwrap_or_default(), name: name.clone().unwrap_or_default() }
 }
 
-/// The Service an EndpointSlice belongs to, from its `kubernetes.io/service-name` label.
-fn owner(slice: &EndpointSlice) -> Option<ServiceName> {
-    let svc = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some(ServiceName { namespace: slice.metadata.namespace.clone().unwrap_or_default(), name: svc.clone() })
+/// The Service an EndpointSlice of `namespace` belongs to, from its `kubernetes.io/service-name` label.
+fn owner(namespace: &str, label: Option<&str>) -> Option<ServiceName> {
+    Some(ServiceName { namespace: namespace.to_string(), name: label?.to_string() })
 }
 
 #[cfg(test)]

@@ -107,3 +107,39 @@ fn node_and_synced() {
     s.handle(Event::Synced);
     assert!(s.is_synced());
 }
+
+/// A change to a part of an object that planning does not read still counts as a change (the store keeps
+/// only a fingerprint of the whole object), though no plan changes.
+#[test]
+fn unplanned_changes_count() {
+    let mut s = store();
+    for o in objs(SVC) {
+        s.handle(Event::Apply(o));
+    }
+    s.recompute();
+    let labelled = SVC.replace("namespace: demo}", "namespace: demo, labels: {team: a}}");
+    let changes = s.handle(Event::Apply(objs(&labelled).remove(0)));
+    assert_eq!(changes.services, 1);
+    assert!(s.has_pending());
+    assert!(s.recompute().0.is_empty());
+    assert_eq!(s.handle(Event::Apply(objs(&labelled).remove(0))), Changes::default());
+}
+
+/// Every plan of a Service (each port, protocol and family) goes with it; only UDP ones are kept as
+/// replaced, for the conntrack cleanup.
+#[test]
+fn all_plans_of_a_service_go() {
+    let mut s = store();
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: dns, namespace: demo}\nspec:\n  clusterIP: 10.96.0.10\n  clusterIPs: [10.96.0.10, fd00::10]\n  ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53}, {name: a, port: 54, protocol: SCTP}]\n";
+    let other = SVC.replace("name: web", "name: dns-2").replace("10.96.0.10", "10.96.0.11");
+    for o in objs(&format!("{svc}---\n{other}")) {
+        s.handle(Event::Apply(o));
+    }
+    assert_eq!(s.recompute().0.len(), 7);
+    let replaced = s.take_replaced();
+    assert_eq!(replaced.keys().map(|k| (k.0.port.as_str(), k.1)).collect::<Vec<_>>(), [("dns", Family::V4), ("dns", Family::V6)]);
+    s.handle(Event::Delete(ObjectKey { kind: Kind::Service, namespace: "demo".into(), name: "dns".into() }));
+    assert_eq!(s.recompute().0.len(), 6);
+    assert_eq!(s.plans().keys().map(|k| k.0.name.as_str()).collect::<Vec<_>>(), ["dns-2"]);
+    assert!(s.take_replaced().values().all(|old| old.is_some()));
+}
