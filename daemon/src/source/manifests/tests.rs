@@ -1,6 +1,7 @@
 use std::collections::BTreeSet;
 
 use super::*;
+use switchyard_model::store::Kind;
 
 fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("sy-manifests-{tag}-{}", std::process::id()));
@@ -25,26 +26,42 @@ fn parses_documents() {
     assert_eq!(objs[1].key().namespace, "prod");
 }
 
-/// First scan: one Replace per kind then Synced; later scans: only what changed, deletes for what left.
-#[test]
-fn scan_reports_changes() {
+/// First scan: every object applied, file by file, then Synced; later scans: only what changed, deletes for
+/// what left.
+#[tokio::test]
+async fn scan_reports_changes() {
     let dir = tmpdir("scan");
     std::fs::write(dir.join("a.yaml"), SVC).unwrap();
+    std::fs::write(dir.join("b.yaml"), SVC.replace("name: web", "name: api")).unwrap();
     let mut files = BTreeMap::new();
-    let first = scan(&dir, &mut files, true, None);
-    assert_eq!(first.len(), 4);
-    assert!(matches!(&first[1], Event::Replace(Kind::Service, v) if v.len() == 1));
-    assert_eq!(first[3], Event::Synced);
-    assert!(scan(&dir, &mut files, false, None).is_empty(), "nothing changed");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    first_scan(&dir, &mut files, &tx).await.unwrap();
+    drop(tx);
+    let mut first = Vec::new();
+    while let Some(ev) = rx.recv().await {
+        first.push(ev);
+    }
+    let applied: Vec<(Kind, String)> = first[..2]
+        .iter()
+        .map(|ev| match ev {
+            Event::Apply(o) => (o.kind(), o.key().name),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(applied, [(Kind::Service, "web".to_string()), (Kind::Service, "api".to_string())]);
+    assert_eq!(first[2..], [Event::Synced]);
+    assert!(scan(&dir, &mut files, None).is_empty(), "nothing changed");
+    std::fs::remove_file(dir.join("b.yaml")).unwrap();
+    assert!(matches!(scan(&dir, &mut files, None).as_slice(), [Event::Delete(k)] if k.name == "api"));
 
     // Move the object to another file: applied, not deleted.
     std::fs::write(dir.join("b.yaml"), SVC).unwrap();
     std::fs::remove_file(dir.join("a.yaml")).unwrap();
-    let moved = scan(&dir, &mut files, false, None);
+    let moved = scan(&dir, &mut files, None);
     assert!(matches!(moved.as_slice(), [Event::Apply(_)]), "{moved:?}");
 
     std::fs::remove_file(dir.join("b.yaml")).unwrap();
-    let gone = scan(&dir, &mut files, false, None);
+    let gone = scan(&dir, &mut files, None);
     assert!(matches!(gone.as_slice(), [Event::Delete(k)] if k.name == "web"), "{gone:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -56,13 +73,13 @@ fn scan_only_named_files() {
     std::fs::write(dir.join("a.yaml"), SVC).unwrap();
     std::fs::write(dir.join("b.yaml"), SVC.replace("name: web", "name: api")).unwrap();
     let mut files = BTreeMap::new();
-    scan(&dir, &mut files, true, None);
+    assert_eq!(scan(&dir, &mut files, None).len(), 2);
     std::fs::remove_file(dir.join("a.yaml")).unwrap();
     std::fs::write(dir.join("b.yaml"), SVC.replace("name: web", "name: api2")).unwrap();
     let named: BTreeSet<PathBuf> = [dir.join("a.yaml")].into_iter().collect();
-    let ev = scan(&dir, &mut files, false, Some(&named));
+    let ev = scan(&dir, &mut files, Some(&named));
     assert!(matches!(ev.as_slice(), [Event::Delete(k)] if k.name == "web"), "{ev:?}");
-    let ev = scan(&dir, &mut files, false, None);
+    let ev = scan(&dir, &mut files, None);
     assert_eq!(ev.len(), 2, "the full scan finds b.yaml's change: {ev:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
