@@ -318,7 +318,8 @@ fn element_changes_over_netlink_match_nft() {
 }
 
 /// A netlink batch the kernel refuses changes nothing (one bad command undoes the good ones before it) and
-/// is an error; so is one for a table that does not exist.
+/// is an error, after which the thread's socket still works; a batch for a table that does not exist is an
+/// error too.
 #[test]
 fn failed_netlink_batch_changes_nothing() {
     let ns = Netns::new("nl-fail");
@@ -330,9 +331,20 @@ fn failed_netlink_batch_changes_nothing() {
         "add element ip switchyard backend-slots { 999 : 1 }\ndelete element ip switchyard backend-addrs { 12345 }\n",
     )
     .unwrap();
-    let err = in_netns(&ns.0, || batch.apply()).expect_err("no element 12345");
+    let good = ElementBatch::parse("add element ip switchyard backend-slots { 999 : 1 }\n").unwrap();
+    let undo = ElementBatch::parse("delete element ip switchyard backend-slots { 999 }\n").unwrap();
+    // One thread, so one kept socket: a failure leaves it usable for the next batches.
+    let (err, added) = in_netns(&ns.0, || {
+        let err = batch.apply().expect_err("no element 12345");
+        assert_eq!(list_table(&ns.0, "ip"), before, "nothing changed");
+        good.apply().unwrap();
+        let added = list_table(&ns.0, "ip");
+        undo.apply().unwrap();
+        (err, added)
+    });
     assert!(matches!(&err, Error::Rejected { message, .. } if message.contains("delete element backend-addrs")), "{err}");
-    assert_eq!(list_table(&ns.0, "ip"), before, "nothing changed");
+    assert!(added.contains("0x000003e7 : 0x00000001"), "{added}");
+    assert_eq!(list_table(&ns.0, "ip"), before, "back as it was");
 
     let empty = Netns::new("nl-none");
     let err = in_netns(&empty.0, || batch.apply()).expect_err("no table");
