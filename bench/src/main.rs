@@ -294,7 +294,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             }
             rows.push((n, outcome));
         }
-        if !args.skip_iptables && args.peer_max.map_or(true, |max| n <= max) {
+        if !args.skip_iptables && args.peer_max.is_none_or(|max| n <= max) {
             eprintln!("== kube-proxy iptables ({}): {n} Services × {} endpoints", args.iptables.name(), ctx.m);
             let peer = run_iptables_peer(&ctx, n, args.iptables).map_err(|e| format!("{e:#}"));
             match &peer {

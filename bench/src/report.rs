@@ -294,6 +294,12 @@ pub fn render(rep: &Report) -> String {
     s
 }
 
+/// Three table cells: median / p90 of the bare-node, through-the-proxy-node and ClusterIP connects, in µs.
+fn latency_cells(l: &crate::probe::Latency) -> String {
+    let cell = |x: &crate::probe::Samples| format!("{:.0} / {:.0}", x.median(), x.quantile(0.9));
+    format!("{} | {} | {}", cell(&l.bare), cell(&l.direct), cell(&l.cluster_ip))
+}
+
 fn peer_table(w: &mut String, a: &Args, peers: &[(usize, Result<Peer, String>)], where_: &str) {
     let _ = writeln!(w, "## Peer baseline: kube-proxy iptables mode ({}){where_}\n", a.iptables.name());
     let _ = writeln!(
@@ -309,19 +315,13 @@ fn peer_table(w: &mut String, a: &Args, peers: &[(usize, Result<Peer, String>)],
         let size = format!("{} × {}", thousands(*n), a.endpoints);
         match p {
             Ok(p) => {
-                let l = &p.latency;
                 let _ = writeln!(
                     w,
-                    "| {size} | {} | {} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.2}× |",
+                    "| {size} | {} | {} | {} | {:.2}× |",
                     thousands(p.rules),
                     secs(p.load),
-                    l.bare.median(),
-                    l.bare.quantile(0.9),
-                    l.direct.median(),
-                    l.direct.quantile(0.9),
-                    l.cluster_ip.median(),
-                    l.cluster_ip.quantile(0.9),
-                    l.ratio()
+                    latency_cells(&p.latency),
+                    p.latency.ratio()
                 );
             }
             Err(e) => {
@@ -407,14 +407,9 @@ fn details(w: &mut String, rows: &[(usize, Outcome)], m: usize, dataplane: &str)
         let l = &r.latency;
         let _ = writeln!(
             w,
-            "| {} × {m} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.2}× | {:.2}× |",
+            "| {} × {m} | {} | {:.2}× | {:.2}× |",
             thousands(r.n),
-            l.bare.median(),
-            l.bare.quantile(0.9),
-            l.direct.median(),
-            l.direct.quantile(0.9),
-            l.cluster_ip.median(),
-            l.cluster_ip.quantile(0.9),
+            latency_cells(l),
             l.ratio(),
             l.cluster_ip.median() / l.direct.median()
         );

@@ -119,7 +119,7 @@ impl ServiceInfo {
         Some(ServiceInfo {
             namespace: svc.metadata.namespace.clone().unwrap_or_default(),
             name: svc.metadata.name.clone().unwrap_or_default(),
-            cluster_ips: ips(listed.unwrap_or_else(|| spec.cluster_ip.as_slice())),
+            cluster_ips: ips(listed.unwrap_or(spec.cluster_ip.as_slice())),
             external_ips: ips(spec.external_ips.as_deref().unwrap_or_default()),
             lb_ips: ingress
                 .into_iter()
