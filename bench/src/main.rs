@@ -52,7 +52,7 @@ pub struct Args {
     /// objects: at 10,000 Services × 10 listing takes about 40 s, at 50,000 it would take many minutes.
     #[arg(long, default_value_t = 10_000)]
     list_max: usize,
-    /// Dataplanes to run, comma-separated (nftables, ipvs, ebpf).
+    /// Dataplanes to run, comma-separated (nftables, ipvs, ebpf); empty (`''`) runs only the kube-proxy peer.
     #[arg(long, value_delimiter = ',', default_value = "nftables,ipvs,ebpf")]
     dataplanes: Vec<String>,
     /// Which iptables backend the kube-proxy peer baseline uses.
@@ -81,10 +81,10 @@ pub struct Args {
     /// A note for the report's header (e.g. what else ran on the machine).
     #[arg(long)]
     note: Option<String>,
-    /// Where this kernel has no IPVS, do not boot a VM for it (IPVS is then reported as failed).
+    /// Where this kernel has no IPVS, do not boot a VM for it (IPVS is then reported as not measured).
     #[arg(long)]
     no_vm: bool,
-    /// The IPVS VM's memory in MiB (the daemon alone needs about 1.5 GiB at 50,000 × 10).
+    /// The IPVS VM's memory in MiB (the daemon alone peaked at 1.3 GiB at 50,000 × 10 there).
     #[arg(long, default_value_t = 8192)]
     vm_memory: u32,
     /// The IPVS VM's CPUs.
